@@ -1,0 +1,177 @@
+"""Result rows: schema, config hashes, environment capture, and atomic appends to runs.csv."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+IDENTITY = ["task", "dataset", "solver", "seed", "status"]
+METRICS = ["test_acc", "val_acc", "upper_loss", "lower_grad_norm", "upper_error"]
+COST = ["runtime_s", "peak_mem_mb", "upper_steps"]
+PROVENANCE = [
+    "git_sha",
+    "dirty",
+    "config_hash",
+    "group_hash",
+    "torch",
+    "device",
+    "hostname",
+    "timestamp",
+    "run_dir",
+    "error",
+]
+COLUMNS = IDENTITY + METRICS + COST + PROVENANCE
+
+# Keys that say where output goes or how to run, not what is computed: left out of the hashes.
+NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every"}
+NOT_HASHED_DATA = {"root", "download"}
+
+
+def _hashable(cfg: DictConfig) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container = {k: v for k, v in container.items() if k not in NOT_HASHED and k != "hydra"}
+    if isinstance(container.get("data"), dict):
+        container["data"] = {k: v for k, v in container["data"].items() if k not in NOT_HASHED_DATA}
+    return container
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return _digest(_hashable(cfg))
+
+
+def group_hash(cfg: DictConfig) -> str:
+    """Same as config_hash but without the seed: rows of one group differ only by seed."""
+    container = _hashable(cfg)
+    container.pop("seed", None)
+    return _digest(container)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    sha = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": sha or "unknown",
+        "dirty": bool(status) if status is not None else None,
+        "torch": torch.__version__,
+        "device": device_name(device),
+        "hostname": socket.gethostname(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """Plain Python scalars for CSV / JSON (tensors, numpy numbers, NaN -> empty)."""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # keep inf / nan visible instead of an empty cell
+    return value
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Atomic: write beside the target, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump({k: _clean(v) for k, v in payload.items()}, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one row to a CSV under a file lock; rewrite atomically when new columns appear.
+
+    Other processes either see the file before or after the append, never a torn row.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {k: _clean(v) for k, v in row.items()}
+    with FileLock(str(path) + ".lock", timeout=600):
+        existing_header: list[str] = []
+        if path.exists() and path.stat().st_size > 0:
+            with open(path, newline="") as handle:
+                existing_header = next(csv.reader(handle), [])
+        new_columns = [k for k in row if k not in existing_header]
+        if existing_header and not new_columns:
+            buffer = io.StringIO()
+            csv.DictWriter(buffer, fieldnames=existing_header).writerow(row)
+            with open(path, "a", newline="") as handle:
+                handle.write(buffer.getvalue())
+                handle.flush()
+                os.fsync(handle.fileno())
+            return
+        header = _ordered_header(existing_header + new_columns)
+        rows = read_rows(path) + [row]
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+def _ordered_header(columns: list[str]) -> list[str]:
+    """Schema columns first in their fixed order, task-specific metrics after them."""
+    known = [c for c in COLUMNS if c in columns]
+    extra = [c for c in dict.fromkeys(columns) if c not in COLUMNS]
+    tail = [c for c in known if c in PROVENANCE]
+    head = [c for c in known if c not in PROVENANCE]
+    return head + extra + tail
+
+
+def new_row(**fields: Any) -> dict[str, Any]:
+    """A row with every schema column present (empty where it does not apply)."""
+    row = {column: None for column in COLUMNS}
+    row.update(fields)
+    return row

@@ -1,0 +1,250 @@
+"""The authors' synthetic bilevel problems (paper.md 3.1) and a random strongly convex quadratic
+with a closed-form hypergradient; plus the task that runs any BilevelProblem by `_target_`.
+
+Variables are d = n_blocks * block_dim dimensional; A (rank-deficient problems) is block-diagonal
+with one Gaussian rank x block_dim block per block, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from hydra.utils import get_class
+
+from bilevel_bench import autodiff
+from bilevel_bench.checks import ConfigError
+from bilevel_bench.problem import BilevelProblem
+from bilevel_bench.tasks.base import Task
+
+
+class BoxedProblem(BilevelProblem):
+    """u, v in R^dim, initialised uniformly in the box [-box, box] and projected onto it."""
+
+    def __init__(self, dim: int, box: float | None, device="cpu", dtype=None):
+        self.dim, self.box, self.device = dim, box, torch.device(device)
+        self.dtype = dtype or torch.get_default_dtype()
+
+    def _tensor(self, data):
+        return torch.as_tensor(data, dtype=self.dtype, device=self.device)
+
+    def init_variables(self, generator):
+        half_width = self.box if self.box is not None else 1.0
+        u, v = (
+            (torch.rand(self.dim, generator=generator, dtype=self.dtype) * 2 - 1) * half_width
+            for _ in range(2)
+        )
+        return {"u": u.to(self.device)}, {"v": v.to(self.device)}
+
+    def _clip(self, x):
+        if self.box is None:
+            return x
+        return {k: t.clamp(-self.box, self.box) for k, t in x.items()}
+
+    def project_u(self, u):
+        return self._clip(u)
+
+    def project_v(self, v):
+        return self._clip(v)
+
+
+class SMD20(BoxedProblem):
+    """f = |u|^2 + |v|^2 - 1, g = |1 - u - v|^2; optimum u = v = 0.5."""
+
+    name = "smd20"
+
+    def f(self, u, v, batch):
+        return (u["u"] ** 2).sum() + (v["v"] ** 2).sum() - 1
+
+    def g(self, u, v, batch):
+        return ((1 - u["u"] - v["v"]) ** 2).sum()
+
+    def optimum(self):
+        half = torch.full((self.dim,), 0.5, dtype=self.dtype, device=self.device)
+        return {"u": half}, {"v": half.clone()}
+
+
+class SMD21(BoxedProblem):
+    """f = |v|^2 - |u - v|^2, g = |u - v|^2 (the paper's toy v^2 - (u-v)^2); optimum (0, 0)."""
+
+    name = "smd21"
+
+    def f(self, u, v, batch):
+        return (v["v"] ** 2).sum() - ((u["u"] - v["v"]) ** 2).sum()
+
+    def g(self, u, v, batch):
+        return ((u["u"] - v["v"]) ** 2).sum()
+
+    def optimum(self):
+        zero = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        return {"u": zero}, {"v": zero.clone()}
+
+
+class RankDeficientProblem(BoxedProblem):
+    """Shared set-up of SMD23 / SMD24: a block-diagonal A of rank n_blocks * rank."""
+
+    def __init__(self, block_dim=10, n_blocks=2, rank=5, box=5.0, seed=0, device="cpu", dtype=None):
+        super().__init__(block_dim * n_blocks, box, device, dtype)
+        gen = torch.Generator().manual_seed(seed)
+        blocks = [
+            torch.randn(rank, block_dim, generator=gen, dtype=torch.float64)
+            for _ in range(n_blocks)
+        ]
+        a = torch.block_diag(*blocks)
+        # projector onto A's row space: P = A^T (A A^T)^-1 A
+        p = a.T @ torch.linalg.solve(a @ a.T, a)
+        self.a, self.projector = self._tensor(a), self._tensor(p)
+
+    def _apply_a(self, x):
+        return self.a @ x
+
+
+class SMD23(RankDeficientProblem):
+    """f = |v|^2 - |A(u - v)|^2, g = |A(u - v)|^2. Solutions: u in null(A); error = |P u|."""
+
+    name = "smd23"
+
+    def f(self, u, v, batch):
+        return (v["v"] ** 2).sum() - (self._apply_a(u["u"] - v["v"]) ** 2).sum()
+
+    def g(self, u, v, batch):
+        return (self._apply_a(u["u"] - v["v"]) ** 2).sum()
+
+    def upper_error(self, u, v):
+        return float(torch.linalg.vector_norm(self.projector @ u["u"].detach()))
+
+
+class SMD24(RankDeficientProblem):
+    """f = |u|^2 + |v|^2, g = |A(1 - u - v)|^2. Unique solution u* = v* = P 1 / 2."""
+
+    name = "smd24"
+
+    def f(self, u, v, batch):
+        return (u["u"] ** 2).sum() + (v["v"] ** 2).sum()
+
+    def g(self, u, v, batch):
+        return (self._apply_a(1 - u["u"] - v["v"]) ** 2).sum()
+
+    def optimum(self):
+        half_p1 = 0.5 * self.projector.sum(dim=1)
+        return {"u": half_p1}, {"v": half_p1.clone()}
+
+
+class Quadratic(BilevelProblem):
+    """Random strongly convex quadratic bilevel problem with closed-form answers.
+
+    g = 1/2 v^T H v - v^T B u,   f = 1/2 |v - a|^2 + rho/2 |u|^2
+    v*(u) = H^-1 B u,  grad F(u) = M^T (M u - a) + rho u  with M = H^-1 B
+    """
+
+    name = "quadratic"
+
+    def __init__(
+        self, upper_dim=5, lower_dim=8, condition=10.0, rho=0.1, seed=0, device="cpu", dtype=None
+    ):
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.get_default_dtype()
+        gen = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(
+            torch.randn(lower_dim, lower_dim, generator=gen, dtype=torch.float64)
+        )
+        eigenvalues = torch.logspace(0, math.log10(condition), lower_dim, dtype=torch.float64)
+        h = q @ torch.diag(eigenvalues) @ q.T
+        b = torch.randn(lower_dim, upper_dim, generator=gen, dtype=torch.float64)
+        a = torch.randn(lower_dim, generator=gen, dtype=torch.float64)
+        as_tensor = lambda x: x.to(self.dtype).to(self.device)  # noqa: E731
+        self.hessian, self.b, self.a = as_tensor(h), as_tensor(b), as_tensor(a)
+        self.rho = rho
+        self.upper_dim, self.lower_dim = upper_dim, lower_dim
+        self.lipschitz = float(eigenvalues.max())
+
+    def init_variables(self, generator):
+        u = torch.randn(self.upper_dim, generator=generator, dtype=self.dtype)
+        v = torch.randn(self.lower_dim, generator=generator, dtype=self.dtype)
+        return {"u": u.to(self.device)}, {"v": v.to(self.device)}
+
+    def f(self, u, v, batch):
+        return 0.5 * ((v["v"] - self.a) ** 2).sum() + 0.5 * self.rho * (u["u"] ** 2).sum()
+
+    def g(self, u, v, batch):
+        return 0.5 * v["v"] @ (self.hessian @ v["v"]) - v["v"] @ (self.b @ u["u"])
+
+    def lower_solution(self, u):
+        return torch.linalg.solve(self.hessian, self.b @ u)
+
+    def hypergradient(self, u):
+        """Exact d/du f(u, v*(u))."""
+        m = torch.linalg.solve(self.hessian, self.b)
+        return m.T @ (m @ u - self.a) + self.rho * u
+
+    def optimum(self):
+        m = torch.linalg.solve(self.hessian, self.b)
+        lhs = m.T @ m + self.rho * torch.eye(self.upper_dim, dtype=self.dtype, device=self.device)
+        u_star = torch.linalg.solve(lhs, m.T @ self.a)
+        return {"u": u_star}, {"v": self.lower_solution(u_star)}
+
+
+BUILTIN_PROBLEMS = {cls.name: cls for cls in (SMD20, SMD21, SMD23, SMD24, Quadratic)}
+
+
+class SyntheticTask(Task):
+    """Full-batch problems: the metrics are distance to the solution, f and |grad_v g|."""
+
+    def evaluate(self, u, v):
+        problem = self.problem
+        with torch.enable_grad():
+            v_live = {k: t.detach().requires_grad_() for k, t in v.items()}
+            u_fixed = autodiff.detached(u)
+            upper_batch, lower_batch = problem.sample_batches(self.eval_generator)
+            f = problem.f(u_fixed, v_live, upper_batch)
+            gv = autodiff.grad(problem.g(u_fixed, v_live, lower_batch), v_live)
+        metrics = {
+            "upper_loss": float(f.detach()),
+            "lower_grad_norm": float(autodiff.norm_sq(gv).sqrt()),
+        }
+        error = problem.upper_error(u, v)
+        if error is not None:
+            metrics["upper_error"] = error
+        return metrics
+
+
+def build(cfg, device, generator) -> SyntheticTask:
+    problem_cfg = dict(cfg.task.problem)
+    target = problem_cfg.pop("_target_", None)
+    dtype = getattr(torch, cfg.dtype)
+    if target is None:
+        dataset = dict(cfg.dataset)
+        name = dataset.pop("name")
+        if name not in BUILTIN_PROBLEMS:
+            raise ConfigError(
+                f"dataset={name} is not a synthetic problem; choose one of "
+                f"{', '.join(BUILTIN_PROBLEMS)} or set task.problem._target_=your.module.Class"
+            )
+        cls, kwargs = BUILTIN_PROBLEMS[name], dataset
+    else:
+        try:
+            cls = get_class(target)
+        except Exception as err:  # hydra wraps import errors; say which key to fix
+            raise ConfigError(
+                f"task.problem._target_={target!r} could not be imported: {err}"
+            ) from err
+        if not (isinstance(cls, type) and issubclass(cls, BilevelProblem)):
+            raise ConfigError(
+                f"task.problem._target_={target!r} is not a subclass of "
+                "bilevel_bench.problem.BilevelProblem"
+            )
+        kwargs = problem_cfg
+    # The runner fills device / dtype for constructors that accept them (documented contract).
+    parameters = inspect.signature(cls).parameters
+    for key, value in (("device", device), ("dtype", dtype)):
+        if key in parameters and key not in kwargs:
+            kwargs[key] = value
+    try:
+        problem = cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"could not construct {cls.__name__} from the config: {err}") from err
+    dataset_name = getattr(problem, "name", cls.__name__)
+    if dataset_name == BilevelProblem.name:
+        dataset_name = cls.__name__
+    return SyntheticTask(problem, cfg, dataset_name)
