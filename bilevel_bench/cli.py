@@ -93,10 +93,11 @@ def _headline(row) -> str:
 
 
 def _finish_not_ok(message: str, exit_code: int, in_sweep: bool) -> None:
-    """Single run: message and exit code. Sweep: raise, so Hydra marks only this job failed."""
+    """Single run: message and exit code. Sweep: raise, so Hydra marks only this job failed
+    (the sweep goes on and ends with the first such job's message and exit code 1)."""
+    print(f"bilevel-bench: {message}", file=sys.stderr)
     if in_sweep:
         raise RunNotOk(message)
-    print(f"bilevel-bench: {message}", file=sys.stderr)
     sys.exit(exit_code)
 
 
