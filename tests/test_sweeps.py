@@ -104,9 +104,17 @@ def test_four_processes_appending_lose_and_tear_nothing(tmp_path):
 # --- checkpoints and resume ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, solver, monkeypatch, caplog):
-    common = [f"solver={solver}", "dataset=quadratic", "task.iters=12", "task.eval_every=4"]
+VARIANTS = [(name, ()) for name in sorted(SOLVERS)] + [
+    ("penalty", ("solver.eps0=1e6",)),  # the schedule tightens at every step: it must resume too
+    ("approxgrad", ("solver.linsolve=cg",)),
+]
+
+
+@pytest.mark.parametrize(("solver", "extra"), VARIANTS)
+def test_interrupted_run_resumes_to_the_uninterrupted_result(
+    tmp_path, solver, extra, monkeypatch, caplog
+):
+    common = [f"solver={solver}", "dataset=quadratic", "task.iters=12", "task.eval_every=4", *extra]
     common += ["device=cpu", "progress=false"]
     reference = runner.run(
         make_cfg(*common, f"results_dir={tmp_path / 'ref'}"), tmp_path / "ref_run"
