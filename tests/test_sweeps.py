@@ -148,6 +148,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     assert not state_file.exists()  # the row is written: nothing left to resume
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(tmp_path, caplog):
     args = [SCRIPTED, "task.iters=40", "task.eval_every=5", "device=cpu"]
     killed = bilevel_bench(
@@ -214,6 +215,7 @@ def test_out_of_memory_is_recorded_as_failed(tmp_path):
     assert row["status"] == "failed" and row["error"].startswith("OutOfMemoryError: CUDA out of")
 
 
+@pytest.mark.slow
 def test_sweep_with_failing_jobs_finishes_the_others_and_exits_nonzero(tmp_path):
     """joblib for real: one job raises, one diverges (NaN), one is fine."""
     code, output = finish(
@@ -257,6 +259,7 @@ def test_single_failed_run_exits_nonzero(tmp_path, monkeypatch, capsys):
 # --- skip if done, force -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_then_rerun_skips_done_jobs(tmp_path, monkeypatch, capsys):
     sweep = ["-m", "seed=0,1", "task.iters=5", "device=cpu", f"results_dir={tmp_path}"]
     code, output = finish(
