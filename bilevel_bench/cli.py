@@ -1,16 +1,31 @@
-"""`bilevel-bench`: the Hydra application. Thin on purpose: validate, run, say where results are."""
+"""`bilevel-bench`: the Hydra application. Thin on purpose: skip if done, run, report the outcome.
+
+Exit codes: 0 ok or skipped (already done), 1 the run failed or diverged, 2 config error. In a
+sweep (-m) a job that does not end ok raises RunNotOk instead: Hydra records that job as failed
+and carries on with the others, and the sweep exits 1 when they are all done.
+"""
 
 from __future__ import annotations
 
+import gc
+import logging
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from bilevel_bench import runner
+from bilevel_bench import results, runner
 from bilevel_bench.checks import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class RunNotOk(RuntimeError):
+    """A sweep job that failed, diverged or had a config error (its row, if any, is written)."""
 
 
 def config_dir() -> str:
@@ -26,23 +41,70 @@ def config_dir() -> str:
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        row = runner.run(cfg, run_dir)
-    except ConfigError as err:
-        print(f"bilevel-bench: config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     runs_csv = Path(cfg.results_dir) / "runs.csv"
-    status = row["status"]
-    headline = {
-        k: row.get(k) for k in ("test_acc", "upper_error", "upper_loss") if row.get(k) is not None
-    }
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in headline.items())
-    print(
-        f"[{status}] {row['task']}/{row['dataset']} solver={row['solver']} seed={row['seed']} "
-        f"{summary} runtime={row['runtime_s']:.2f}s"
-    )
+    done = already_done(cfg)
+    if done is not None:
+        print(
+            f"[skipped] {_describe(done)}: already has an ok row in {runs_csv} "
+            f"(config_hash={done['config_hash']}, run_dir={done['run_dir']}); "
+            "force=true re-runs it"
+        )
+        return
+    job_num = 0 if OmegaConf.is_missing(hydra_cfg.job, "num") else int(hydra_cfg.job.num)
+    failure: tuple[str, int] | None = None
+    try:
+        row = runner.run(cfg, run_dir, job_num=job_num)
+    except ConfigError as err:
+        failure = (f"config error: {err}", 2)
+    except Exception as err:  # the runner wrote the failed row and error.txt before re-raising
+        log.error("run failed", exc_info=err)
+        failure = (
+            f"[failed] {type(err).__name__}: {err}; traceback in {run_dir / 'error.txt'}, "
+            f"row appended to {runs_csv}",
+            1,
+        )
+    if failure is not None:  # outside the except block, so nothing keeps the error's frames
+        _release_memory()  # a sweep in this process goes on: free what the failed run held
+        _finish_not_ok(*failure, in_sweep)
+        return
+    print(f"[{row['status']}] {_describe(row)} {_headline(row)} runtime={row['runtime_s']:.2f}s")
     print(f"results: {run_dir / 'result.json'} (curve.csv beside it); row appended to {runs_csv}")
+    if row["status"] != "ok":
+        _finish_not_ok(f"[{row['status']}] {row['error']}", 1, in_sweep)
+
+
+def already_done(cfg: DictConfig) -> dict[str, str] | None:
+    """This config's ok row in runs.csv (so the run can be skipped), unless force=true."""
+    if cfg.get("force", False):
+        return None
+    return results.find_ok_row(Path(cfg.results_dir) / "runs.csv", results.config_hash(cfg))
+
+
+def _describe(row) -> str:
+    return f"{row['task']}/{row['dataset']} solver={row['solver']} seed={row['seed']}"
+
+
+def _headline(row) -> str:
+    keys = ("test_acc", "upper_error", "upper_loss")
+    return ", ".join(f"{k}={row[k]:.4g}" for k in keys if row.get(k) is not None)
+
+
+def _finish_not_ok(message: str, exit_code: int, in_sweep: bool) -> None:
+    """Single run: message and exit code. Sweep: raise, so Hydra marks only this job failed
+    (the sweep goes on and ends with the first such job's message and exit code 1)."""
+    print(f"bilevel-bench: {message}", file=sys.stderr)
+    if in_sweep:
+        raise RunNotOk(message)
+    sys.exit(exit_code)
+
+
+def _release_memory() -> None:
+    gc.collect()  # the traceback's frames form cycles that hold the run's tensors
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main() -> None:

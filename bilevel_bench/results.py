@@ -38,7 +38,7 @@ PROVENANCE = [
 COLUMNS = IDENTITY + METRICS + COST + PROVENANCE
 
 # Keys that say where output goes or how to run, not what is computed: left out of the hashes.
-NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every"}
+NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every", "slurm"}
 NOT_HASHED_DATA = {"root", "download"}
 
 
@@ -125,6 +125,17 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def find_ok_row(path: Path, config_hash: str) -> dict[str, str] | None:
+    """The latest row of runs.csv with this config hash and status ok, if any."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with FileLock(str(path) + ".lock", timeout=600):  # never read half of a concurrent append
+        rows = read_rows(path)
+    done = [r for r in rows if r.get("config_hash") == config_hash and r.get("status") == "ok"]
+    return done[-1] if done else None
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

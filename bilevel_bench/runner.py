@@ -16,7 +16,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bilevel_bench import autodiff, checks, results
+from bilevel_bench import autodiff, checks, devices, results
+from bilevel_bench.checkpoint import Checkpoint, RunParts
 from bilevel_bench.solvers import solver_class
 from bilevel_bench.tasks import build_task
 
@@ -36,18 +37,8 @@ def validate(cfg: DictConfig) -> None:
     if "iters" in cfg.task:
         checks.positive_int("task.iters", cfg.task.iters)
     checks.positive_int("task.eval_every", cfg.task.eval_every)
+    checks.non_negative_int("checkpoint_every", cfg.get("checkpoint_every", 0))
     solver_class(cfg.solver.name).validate(cfg.solver)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise checks.ConfigError(
-            f"device={name} was asked for but CUDA is not available; use device=cpu or device=auto"
-        )
-    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -91,14 +82,20 @@ def _check_finite(metrics: dict[str, float], u, v) -> None:
         raise Diverged(f"non-finite values ({', '.join(bad) or 'variables'})")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
     """Run one experiment and return its result row (also written to disk).
 
     Config errors raise before any work. Exceptions during the run are recorded as a row with
     status `failed` and re-raised; non-finite values stop the run with status `diverged`.
+    With checkpoint_every > 0 the run saves its state periodically and resumes from it.
+    `job_num` (a sweep's job number) picks which free GPU to try first (see devices.py).
     """
     validate(cfg)
-    device = resolve_device(str(cfg.device))
+    with devices.claim(str(cfg.device), job_num) as device:
+        return _run_on(cfg, device, run_dir)
+
+
+def _run_on(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     torch.set_default_dtype(DTYPES[cfg.dtype])
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -118,13 +115,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     curve: list[dict[str, float]] = []
     state = {"step": 0, "train_time": 0.0}
     error: BaseException | None = None
+    saver = Checkpoint.for_run(cfg, row["config_hash"])
     try:
         generator = seed_everything(int(cfg.seed))
         task = build_task(cfg, device, generator)
         row["dataset"] = task.dataset_name
         u, v = (_leaves(x, device) for x in task.problem.init_variables(generator))
         solver = solver_class(cfg.solver.name)(task.problem, u, v, cfg.solver, generator)
-        final = _train(cfg, task, solver, u, v, device, curve, state)
+        parts = RunParts(u, v, solver, task, generator, curve, state, device)
+        if saver is not None:
+            saver.restore(parts)
+        final = _train(cfg, parts, saver)
         row.update(final)
         row.update(_as_floats(task.final_metrics(u, v)))
         row["status"] = "ok"
@@ -142,13 +143,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         pd.DataFrame(curve).to_csv(run_dir / "curve.csv", index=False)
     results.write_json(run_dir / "result.json", row)
     results.append_row(Path(cfg.results_dir) / "runs.csv", row)
+    if saver is not None:  # the row is written: nothing left to resume
+        saver.discard()
     if error is not None:
         raise error
     return row
 
 
-def _train(cfg, task, solver, u, v, device, curve, state) -> dict[str, float]:
-    """The timed loop. Evaluation time is excluded from `time_s` and runtime_s."""
+def _train(cfg, parts: RunParts, saver: Checkpoint | None) -> dict[str, float]:
+    """The timed loop, from step 0 or from where a checkpoint left off.
+
+    Evaluation and checkpoint time are excluded from `time_s` and runtime_s.
+    """
+    task, solver, u, v, device = parts.task, parts.solver, parts.u, parts.v, parts.device
+    curve, state = parts.curve, parts.progress
 
     def record(step):
         metrics = task.evaluate(u, v)
@@ -160,14 +168,18 @@ def _train(cfg, task, solver, u, v, device, curve, state) -> dict[str, float]:
 
     diagnostics: dict[str, float] = {}
     show = bool(cfg.progress) and sys.stderr.isatty()
-    progress = tqdm(total=task.total_steps, disable=not show, desc=f"{cfg.solver.name}")
+    progress = tqdm(
+        total=task.total_steps, initial=state["step"], disable=not show, desc=cfg.solver.name
+    )
     with progress:
-        started = time.perf_counter()
-        task.prepare(u, v)
-        _synchronize(device)
-        state["train_time"] += time.perf_counter() - started
-        metrics = record(0)
-        for step in range(1, task.total_steps + 1):
+        if state["step"] == 0:  # a resumed run has done this and logged step 0 already
+            started = time.perf_counter()
+            task.prepare(u, v)
+            _synchronize(device)
+            state["train_time"] += time.perf_counter() - started
+            record(0)
+        metrics: dict[str, float] = {}
+        for step in range(state["step"] + 1, task.total_steps + 1):
             started = time.perf_counter()
             info = solver.step()
             task.after_step(step, u, v)
@@ -178,4 +190,6 @@ def _train(cfg, task, solver, u, v, device, curve, state) -> dict[str, float]:
             if step % task.eval_every == 0 or step == task.total_steps:
                 diagnostics = _as_floats(info)
                 metrics = record(step)
+            if saver is not None and saver.due(step, task.total_steps):
+                saver.save(parts)
     return metrics

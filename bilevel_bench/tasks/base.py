@@ -25,7 +25,11 @@ class Task:
         self.eval_generator = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
 
     def prepare(self, u: Variables, v: Variables) -> None:
-        """Work before the first upper step (e.g. pre-training); counted in runtime_s."""
+        """Work before the first upper step (e.g. pre-training); counted in runtime_s.
+
+        Not called again when a run resumes from a checkpoint: whatever it changes must live in
+        u, v or `state_dict()`.
+        """
 
     def after_step(self, step: int, u: Variables, v: Variables) -> None:
         """Hook after each upper step (e.g. per-epoch re-normalisation); counted in runtime_s."""
@@ -33,6 +37,17 @@ class Task:
     def evaluate(self, u: Variables, v: Variables) -> dict[str, float]:
         """Metrics logged to curve.csv every task.eval_every steps and at the end."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that changes during training, saved in checkpoints (tensors and plain numbers).
+
+        Subclasses that keep more (running statistics, a data-order generator) extend this.
+        """
+        return {"eval_generator": self.eval_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of state_dict; tensors arrive on the CPU (move them where they live)."""
+        self.eval_generator.set_state(state["eval_generator"])
 
     def final_metrics(self, u: Variables, v: Variables) -> dict[str, float]:
         """Extra, possibly expensive, metrics computed once at the end (not in runtime_s)."""
