@@ -240,6 +240,7 @@ def real_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_table_and_plot_on_real_runs(real_runs, tmp_path, capsys):
     out = report("table", real_runs / "runs.csv", capsys=capsys)
     assert "upper_error" in out and out.count("(n=2)") == 2
