@@ -122,8 +122,12 @@ def _flatten(tree, prefix=""):
     return flat
 
 
+def _config_of(run_dir) -> dict | None:
+    return run_config(run_dir) if isinstance(run_dir, str) else None
+
+
 def _config_value(run_dir, key):
-    config = run_config(str(run_dir)) if isinstance(run_dir, str) else None
+    config = _config_of(run_dir)
     return None if config is None else config.get(key)
 
 
@@ -160,18 +164,13 @@ def distinguishing_keys(runs: pd.DataFrame, cell: list[str]) -> list[str]:
         groups = rows.drop_duplicates("group_hash")
         if len(groups) < 2:
             continue
-        configs = [_config_of(row) for _, row in groups.iterrows()]
+        configs = [_config_of(run_dir) for run_dir in groups.get("run_dir", [None] * len(groups))]
         if any(config is None for config in configs):
             return ["group_hash"]
         for key in set().union(*configs):
             if key not in NOT_DISTINGUISHING and len({repr(c.get(key)) for c in configs}) > 1:
                 keys.add(key)
     return sorted(k for k in keys if k not in cell)
-
-
-def _config_of(row):
-    run_dir = row.get("run_dir")
-    return run_config(str(run_dir)) if isinstance(run_dir, str) else None
 
 
 def find_run_dirs(paths: list[str | Path]) -> pd.DataFrame:
