@@ -1,0 +1,3 @@
+from bilevel_bench.report import main
+
+main()
