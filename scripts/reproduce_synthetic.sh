@@ -14,5 +14,5 @@ bilevel-bench -m solver=penalty,rmd,alternating "${common[@]}"
 for T in 1 5 10; do  # ApproxGrad: lr_p = 1e-4 and T2 = T as in the authors' synthetic code
   bilevel-bench -m solver=approxgrad solver.T2=$T solver.lr_q=0.0001 "${common[@]/solver.T=1,5,10/solver.T=$T}"
 done
-bilevel-bench-report table "$out/runs.csv" --metric upper_error --by dataset solver.T --out "$out/table"
+bilevel-bench-report table "$out/runs.csv" --metric upper_error --by dataset,solver.T --out "$out/table"
 bilevel-bench-report plot "$out/runs.csv" --metric upper_error --out "$out/convergence.png"
