@@ -32,6 +32,7 @@ WEIGHT_CLIP = 1e-5  # the authors clip renormalised weights to [1e-5, 1 - 1e-5]
 TASK_RULES = {
     "noise": lambda key, value: _fraction_or_zero(key, value),
     "epochs": checks.positive_int,
+    "max_steps": lambda key, value: value is None or checks.positive_int(key, value),
     "batch_size": checks.positive_int,
     "val_batch_size": checks.positive_int,
     "fit_on": checks.one_of(*FIT_ON),
@@ -125,7 +126,10 @@ class DenoiseProblem(BilevelProblem):
 
 class DenoiseTask(Task):
     def __init__(self, problem, cfg, is_noisy, steps_per_epoch, generator):
-        super().__init__(problem, cfg, problem.name, int(cfg.task.epochs) * steps_per_epoch)
+        total = int(cfg.task.epochs) * steps_per_epoch
+        if cfg.task.max_steps is not None:  # a cap for costly solvers (fmd) and quick checks
+            total = min(total, int(cfg.task.max_steps))
+        super().__init__(problem, cfg, problem.name, total)
         self.is_noisy, self.steps_per_epoch = is_noisy, steps_per_epoch
         self.t = cfg.task
         self.generator = generator  # pre-training and retraining shuffles
