@@ -2,10 +2,13 @@
 on the authors' MNIST and CIFAR-10 networks and the same minibatch (random pixels of the right
 shape: the cost of a step does not depend on the values). Writes results/denoise/bench_step.csv.
 
-    python scripts/bench_step.py [--repeats 3] [--T 5] [--device cpu] [--out results/denoise/bench_step.csv]
+    python scripts/bench_step.py [--repeats 3] [--batch 200] [--device auto] [--out ...]
 
-An upper step of a solver with T lower steps is timed as a whole and divided by T, so the
-per-step figure includes its share of the once-per-upper-step work (the u update).
+A solver's upper step costs fixed + T * inner (+ T2 * solve for ApproxGrad's linear-solve
+iterations). Timing whole upper steps at T (and T2) = 1 and 3 gives `inner_ratio` (the marginal
+cost of one more lower step), `solve_ratio` and `fixed_ratio` (once per upper step: the u update),
+all in plain SGD steps, and `amortized_ratio_T20` = (fixed + 20 inner + 20 solve) / 20, the cost
+per lower step at the authors' T = T2 = 20.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ NETWORKS = {"mnist_cnn": (28, 1), "cifar10_cnn": (32, 3)}
 SOLVERS = ("penalty", "approxgrad", "rmd")
 
 
-def _setup(model, solver, T, batch, device):
+SHORT, LONG = 1, 3
+
+
+def _setup(model, solver, T, batch, device, T2=None):
     size, channels = NETWORKS[model]
     overrides = [
         "task=denoise", "dataset=fake", f"model={model}", f"solver={solver}", f"solver.T={T}",
         f"dataset.size={size}", f"dataset.channels={channels}", f"task.batch_size={batch}",
         f"task.val_batch_size={batch}", f"dataset.n_train={4 * batch}", f"dataset.val_size={batch}",
-    ]  # fmt: skip
+    ] + ([f"solver.T2={T2}"] if T2 is not None else [])  # fmt: skip
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     generator = runner.seed_everything(0)
@@ -69,7 +75,6 @@ def plain_sgd_step(task, u, v, generator):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--T", type=int, default=5, help="lower steps per timed upper step")
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/denoise/bench_step.csv")
@@ -77,20 +82,32 @@ def main():
     device = runner.resolve_device(args.device)
     rows = []
     for model in NETWORKS:
-        cfg, task, u, v, generator = _setup(model, "penalty", args.T, args.batch, device)
-        baseline = _timed(plain_sgd_step(task, u, v, generator), args.repeats, device)
-        rows.append({"model": model, "solver": "sgd", "T": 1, "step_s": baseline, "ratio": 1.0})
+        _, task, u, v, generator = _setup(model, "penalty", 1, args.batch, device)
+        sgd = _timed(plain_sgd_step(task, u, v, generator), args.repeats, device)
         for solver in SOLVERS:
-            cfg, task, u, v, generator = _setup(model, solver, args.T, args.batch, device)
-            instance = solver_class(solver)(task.problem, u, v, cfg.solver, generator)
-            upper = _timed(instance.step, args.repeats, device)
-            per_step = upper / args.T
-            rows.append(
-                {"model": model, "solver": solver, "T": args.T, "step_s": per_step,
-                 "ratio": per_step / baseline}
-            )  # fmt: skip
+            solve_steps = solver == "approxgrad"
+            settings = [(SHORT, SHORT), (LONG, SHORT)] + ([(SHORT, LONG)] if solve_steps else [])
+            upper = {}
+            for T, T2 in settings:
+                cfg, task, u, v, generator = _setup(
+                    model, solver, T, args.batch, device, T2 if solve_steps else None
+                )
+                instance = solver_class(solver)(task.problem, u, v, cfg.solver, generator)
+                upper[T, T2] = _timed(instance.step, args.repeats, device)
+            base = upper[SHORT, SHORT]
+            inner = (upper[LONG, SHORT] - base) / (LONG - SHORT)
+            solve = (upper[SHORT, LONG] - base) / (LONG - SHORT) if solve_steps else 0.0
+            fixed = base - SHORT * (inner + solve)
+            row = {
+                "model": model, "solver": solver, "sgd_step_s": sgd, "upper_step_T1_s": base,
+                "inner_ratio": inner / sgd, "solve_ratio": solve / sgd, "fixed_ratio": fixed / sgd,
+                "amortized_ratio_T20": (fixed + 20 * (inner + solve)) / 20 / sgd,
+            }  # fmt: skip
+            rows.append(row)
             print(
-                f"{model:12s} {solver:10s} {per_step * 1e3:8.1f} ms/step  x{per_step / baseline:.2f}"
+                f"{model:12s} {solver:10s} inner x{row['inner_ratio']:.2f}  "
+                f"fixed x{row['fixed_ratio']:.2f}  amortized(T=20) x{row['amortized_ratio_T20']:.2f}",
+                flush=True,
             )
     frame = pd.DataFrame(rows)
     frame["batch"], frame["device"] = args.batch, str(device)

@@ -34,6 +34,7 @@ def test_every_bilevel_solver_learns_weights_on_fake(tmp_path, solver):
 def test_erm_baselines_train_on_the_chosen_data(tmp_path, fit_on):
     row = run(tmp_path, [*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.epochs=3"])
     assert row["status"] == "ok", row.get("error")
+    assert row["dataset"] == f"fake fit_on={fit_on}"  # keeps the baselines apart in tables
     assert row["test_acc"] > 30  # 10 classes: well above chance after 3 epochs
     assert "weight_auroc" not in row or row["weight_auroc"] is None  # no weights learned
 

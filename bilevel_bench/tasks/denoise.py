@@ -210,6 +210,13 @@ def _pool(data: ImageSets, noisy_y, is_noisy, fit_on):
     return data.train_x[clean], noisy_y[clean]
 
 
+def _row_name(cfg, baseline: bool) -> str:
+    """The result row's `dataset`: baselines say what they trained on, so that their rows stay
+    apart in tables (fit_on is a task key and the row has no column for it)."""
+    name = str(cfg.dataset.name)
+    return f"{name} fit_on={cfg.task.fit_on}" if baseline else name
+
+
 def build(cfg, device, generator) -> DenoiseTask:
     checks.check_section("task", cfg.task, TASK_RULES)
     baseline = cfg.solver.name == "erm"
@@ -230,7 +237,7 @@ def build(cfg, device, generator) -> DenoiseTask:
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
     problem = DenoiseProblem(
         model, data, noisy_y, _pool(data, noisy_y, is_noisy, cfg.task.fit_on), not baseline,
-        int(cfg.task.batch_size), int(cfg.task.val_batch_size), str(cfg.dataset.name),
+        int(cfg.task.batch_size), int(cfg.task.val_batch_size), _row_name(cfg, baseline),
     )  # fmt: skip
     # an epoch = one pass over the training set, for the baselines too (same number of steps)
     n_train = len(data.train_y)
