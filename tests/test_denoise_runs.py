@@ -39,6 +39,12 @@ def test_erm_baselines_train_on_the_chosen_data(tmp_path, fit_on):
     assert "weight_auroc" not in row or row["weight_auroc"] is None  # no weights learned
 
 
+def test_clean_training_set_runs_without_detection_metrics(tmp_path):
+    row = run(tmp_path, [*TINY, "solver=penalty", "task.noise=0"])
+    assert row["status"] == "ok", row.get("error")
+    assert row.get("weight_auroc") is None  # undefined without noisy examples, not NaN
+
+
 def test_fit_on_is_refused_for_bilevel_solvers(tmp_path):
     with pytest.raises(ConfigError, match="task.fit_on=val is for the baselines"):
         run(tmp_path, [*TINY, "solver=penalty", "task.fit_on=val"])

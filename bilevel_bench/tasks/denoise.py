@@ -165,10 +165,11 @@ class DenoiseTask(Task):
         metrics = {"test_acc": test_acc, "val_acc": val_acc, "upper_loss": val_loss}
         if p.weighted:
             weights = weights_of(u["logits"].detach())
-            metrics.update(
-                detection_metrics(weights, self.is_noisy, float(self.t.detect_threshold))
-            )
             metrics["mean_weight"] = float(weights.mean())
+            if 0 < int(self.is_noisy.sum()) < len(self.is_noisy):  # detection needs both kinds
+                metrics.update(
+                    detection_metrics(weights, self.is_noisy, float(self.t.detect_threshold))
+                )
         return metrics
 
     def final_metrics(self, u, v):
