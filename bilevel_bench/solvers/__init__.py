@@ -6,12 +6,13 @@ from bilevel_bench.checks import ConfigError, names
 from bilevel_bench.solvers.alternating import Alternating
 from bilevel_bench.solvers.approxgrad import ApproxGrad
 from bilevel_bench.solvers.base import Solver
+from bilevel_bench.solvers.erm import ERM
 from bilevel_bench.solvers.fmd import FMD
 from bilevel_bench.solvers.penalty import Penalty
 from bilevel_bench.solvers.rmd import RMD
 
 SOLVERS: dict[str, type[Solver]] = {
-    cls.name: cls for cls in (Penalty, ApproxGrad, RMD, FMD, Alternating)
+    cls.name: cls for cls in (Penalty, ApproxGrad, RMD, FMD, Alternating, ERM)
 }
 
 

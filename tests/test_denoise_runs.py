@@ -1,0 +1,82 @@
+"""The denoising task end to end: every solver and baseline on `fake`, the memory refusal of
+fmd on a CNN, config errors, and (when ../shared/data/MNIST exists) a short real MNIST run."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from denoise_helpers import TINY, run
+
+from bilevel_bench.checks import ConfigError
+from bilevel_bench.solvers import SOLVERS
+
+BILEVEL = sorted(set(SOLVERS) - {"erm"})
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+@pytest.mark.parametrize("solver", BILEVEL)
+def test_every_bilevel_solver_learns_weights_on_fake(tmp_path, solver):
+    row = run(tmp_path, [*TINY, f"solver={solver}"])
+    assert row["status"] == "ok", row.get("error")
+    assert row["task"] == "denoise" and row["dataset"] == "fake"
+    for key in ("test_acc", "retrain_test_acc", "detect_f1", "weight_auroc"):
+        assert 0 <= row[key] <= 100, key
+    assert row["upper_steps"] == 2  # 1 epoch: 600 - 100 validation = 500 examples, batch 200
+    curve = list(csv.DictReader(open(tmp_path / "run" / "curve.csv")))
+    assert {"test_acc", "detect_precision", "detect_recall", "weight_auroc"} <= set(curve[0])
+
+
+@pytest.mark.parametrize("fit_on", ["noisy", "val", "noisy+val", "clean"])
+def test_erm_baselines_train_on_the_chosen_data(tmp_path, fit_on):
+    row = run(tmp_path, [*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.epochs=3"])
+    assert row["status"] == "ok", row.get("error")
+    assert row["dataset"] == f"fake fit_on={fit_on}"  # keeps the baselines apart in tables
+    assert row["test_acc"] > 30  # 10 classes: well above chance after 3 epochs
+    assert "weight_auroc" not in row or row["weight_auroc"] is None  # no weights learned
+
+
+def test_clean_training_set_runs_without_detection_metrics(tmp_path):
+    row = run(tmp_path, [*TINY, "solver=penalty", "task.noise=0"])
+    assert row["status"] == "ok", row.get("error")
+    assert row.get("weight_auroc") is None  # undefined without noisy examples, not NaN
+
+
+def test_fit_on_is_refused_for_bilevel_solvers(tmp_path):
+    with pytest.raises(ConfigError, match="task.fit_on=val is for the baselines"):
+        run(tmp_path, [*TINY, "solver=penalty", "task.fit_on=val"])
+
+
+def test_fmd_refuses_a_cnn_with_its_memory_estimate(tmp_path):
+    overrides = [*TINY, "solver=fmd", "model=mnist_cnn", "dataset.size=28"]
+    with pytest.raises(ConfigError, match=r"fmd needs about [\d,]+ MB .*solver.max_jacobian_mb"):
+        run(tmp_path, overrides)
+
+
+def test_cli_runs_a_baseline_and_appends_a_row(tmp_path):
+    command = [sys.executable, "-m", "bilevel_bench.cli", *TINY, "solver=erm",
+               "task.fit_on=clean", f"results_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "model logreg: 1,450 parameters" in done.stdout
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    assert rows[0]["solver"] == "erm" and rows[0]["status"] == "ok"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST").is_dir(), reason="needs ../shared/data/MNIST")
+def test_penalty_weights_separate_noisy_mnist_labels(tmp_path):
+    """Weights start uniform (no agreement init), so any separation is the solver's doing."""
+    row = run(
+        tmp_path,
+        [
+            "experiment=denoise_mnist_small", "solver=penalty", f"data.root={SHARED_DATA}",
+            "dataset.train_size=1000", "dataset.val_size=1000", "task.epochs=3",
+            "task.eval_every=15", "task.pretrain_epochs=10", "task.init_from_agreement=false",
+            "task.retrain=false", "progress=false",
+        ],
+    )  # fmt: skip
+    assert row["status"] == "ok", row.get("error")
+    assert row["weight_auroc"] > 0.65
