@@ -154,3 +154,21 @@ def test_missing_inception_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(DatasetError, match="InceptionV3 ImageNet weights not found"):
         inception_features.inception_v3_features(download=False)
+
+
+def test_targeted_attack_reports_success_rates(tmp_path):
+    cfg, task, u, v, generator = build(
+        [*FAKE_LINEAR, "task.attack=targeted", "task.split.val=100", "task.split.test=100"],
+        tmp_path,
+    )
+    problem = task.problem
+    assert (problem.y_upper == 3).all() and problem.sign == 1.0
+    assert sorted(problem.poison_labels.tolist()) == [3, 3, 3, 8, 8, 8]
+    instance = SOLVERS["penalty"](problem, u, v, cfg.solver, generator)
+    task.prepare(u, v)
+    instance.step()
+    assert "val_target_success" in task.evaluate(u, v)
+    metrics = task.final_metrics(u, v)
+    for prefix in ("", "clean_", "flip_"):
+        assert 0 <= metrics[prefix + "target_success"] <= 100
+        assert 0 <= metrics[prefix + "test_acc"] <= 100
