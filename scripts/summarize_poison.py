@@ -1,6 +1,6 @@
 """Markdown table of a poisoning runs.csv: mean +- std over seeds per solver (and num_poisons).
 
-    python scripts/summarize_poison.py results/poison/runs.csv
+python scripts/summarize_poison.py results/poison/runs.csv
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def summarize(runs: pd.DataFrame) -> str:
     stats = ok.groupby("solver")[[*COLUMNS, "drop_vs_flip"]].agg(["mean", "std"])
     table = pd.DataFrame(
         {
-            col: [f"{m:.2f} ± {s:.2f}" for m, s in zip(stats[col]["mean"], stats[col]["std"])]
+            col: [
+                f"{m:.2f} ± {s:.2f}" for m, s in stats[col][["mean", "std"]].itertuples(index=False)
+            ]
             for col in [*COLUMNS, "drop_vs_flip"]
         },
         index=stats.index,
