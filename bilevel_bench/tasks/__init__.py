@@ -9,6 +9,7 @@ from bilevel_bench.checks import ConfigError, names
 TASKS = {
     "synthetic": "bilevel_bench.tasks.synthetic",
     "denoise": "bilevel_bench.tasks.denoise",
+    "poison": "bilevel_bench.tasks.poison",
 }
 
 
