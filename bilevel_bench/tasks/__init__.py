@@ -8,6 +8,7 @@ from bilevel_bench.checks import ConfigError, names
 
 TASKS = {
     "synthetic": "bilevel_bench.tasks.synthetic",
+    "fewshot": "bilevel_bench.tasks.fewshot",
 }
 
 
