@@ -59,8 +59,8 @@ class EpisodeSampler:
             )
         if shots + queries > n_examples:
             raise ConfigError(
-                f"task.shots + task.queries = {shots + queries} exceeds the {n_examples} examples "
-                f"per class of the {split} split; lower task.shots or task.queries"
+                f"task.shots + queries per class = {shots + queries} exceeds the {n_examples} examples "
+                f"per class of the {split} split; lower task.shots or task.queries (task.eval_queries)"
             )
         self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
 

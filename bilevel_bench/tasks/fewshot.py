@@ -36,6 +36,7 @@ TASK_KEYS = {
     "head_init_std": checks.positive,
     "reset_lower": checks.boolean,
     "eval_episodes": checks.positive_int,
+    "eval_queries": checks.positive_int,
     "eval_steps": checks.positive_int,
     "eval_lr": checks.positive,
     "eval_chunk": checks.positive_int,
@@ -194,6 +195,7 @@ def build(cfg, device, generator) -> FewShotTask:
     t = cfg.task
     shape = dict(ways=int(t.ways), shots=int(t.shots), queries=int(t.queries))
     train_sampler = EpisodeSampler(splits.train, split="meta-train", **shape)
+    shape["queries"] = int(t.eval_queries)
     test_sampler = EpisodeSampler(splits.test, split="meta-test", **shape)
     model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
     encoder = ENCODERS[model_name](in_channels=splits.train.shape[2], **model_kwargs).to(device)
