@@ -85,8 +85,7 @@ class FewShotProblem(BilevelProblem):
     def f(self, u, v, batch: LabelledImages):
         return self.loss(self.features(u, batch.images), v, batch.labels)
 
-    def g(self, u, v, batch: LabelledImages):
-        return self.loss(self.features(u, batch.images), v, batch.labels)
+    g = f  # the same loss: f sees the query sets, g the support sets (see sample_batches)
 
     def sample_batches(self, generator):
         """One meta-batch of episodes: the query sets feed f, the support sets feed g."""
