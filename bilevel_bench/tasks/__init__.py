@@ -10,6 +10,7 @@ TASKS = {
     "synthetic": "bilevel_bench.tasks.synthetic",
     "denoise": "bilevel_bench.tasks.denoise",
     "poison": "bilevel_bench.tasks.poison",
+    "fewshot": "bilevel_bench.tasks.fewshot",
 }
 
 
