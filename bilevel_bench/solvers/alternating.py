@@ -14,6 +14,9 @@ class Alternating(Solver):
         upper_batch, lower_batch = self.problem.sample_batches(self.generator)
         fixed_u = self.bind_fixed_u(upper_batch, lower_batch)
         gv = self.descend_lower(fixed_u.g, self.T)
-        f = self.bind_live_u(upper_batch, lower_batch).f(self.v)
-        self.apply_u(autodiff.grad(f, self.u))
+        if not self.updates_upper:  # ERM: the lower phase is the whole step
+            f = fixed_u.f(self.v)
+        else:
+            f = self.bind_live_u(upper_batch, lower_batch).f(self.v)
+            self.apply_u(autodiff.grad(f, self.u))
         return {"upper_loss": f.detach(), "lower_grad_norm": autodiff.norm_sq(gv).sqrt()}

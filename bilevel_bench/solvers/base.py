@@ -30,6 +30,8 @@ class Solver:
     """Base class. Subclasses set `name`, extend `params` and implement `step`."""
 
     name: ClassVar[str] = "base"
+    #: False for baselines that only train the lower level (u keeps its initial value).
+    updates_upper: ClassVar[bool] = True
     #: Config rules checked before any work; subclasses add their own keys.
     params: ClassVar[dict[str, checks.Check]] = {
         "T": checks.positive_int,

@@ -7,16 +7,11 @@ which is the reference every bilevel solver has to improve on.
 
 from __future__ import annotations
 
-from bilevel_bench import autodiff
-from bilevel_bench.solvers.base import Solver
+from bilevel_bench.solvers.alternating import Alternating
 
 
-class ERM(Solver):
+class ERM(Alternating):
+    """Alternating descent without its upper step."""
+
     name = "erm"
-
-    def step(self):
-        upper_batch, lower_batch = self.problem.sample_batches(self.generator)
-        fixed_u = self.bind_fixed_u(upper_batch, lower_batch)
-        gv = self.descend_lower(fixed_u.g, self.T)
-        f = fixed_u.f(self.v)
-        return {"upper_loss": f.detach(), "lower_grad_norm": autodiff.norm_sq(gv).sqrt()}
+    updates_upper = False

@@ -22,6 +22,7 @@ from bilevel_bench.data.images import ImageSets, load_image_sets
 from bilevel_bench.data.noise import corrupt_labels
 from bilevel_bench.models import build_model
 from bilevel_bench.problem import BilevelProblem, BoundObjectives
+from bilevel_bench.solvers import solver_class
 from bilevel_bench.tasks import classifier
 from bilevel_bench.tasks.base import Task
 from bilevel_bench.tasks.detection import detection_metrics
@@ -220,7 +221,8 @@ def _row_name(cfg, baseline: bool) -> str:
 
 def build(cfg, device, generator) -> DenoiseTask:
     checks.check_section("task", cfg.task, TASK_RULES)
-    baseline = cfg.solver.name == "erm"
+    # lower-level-only baselines (erm) choose their training data; bilevel solvers re-weight
+    baseline = not solver_class(cfg.solver.name).updates_upper
     if cfg.task.fit_on != "noisy" and not baseline:
         raise ConfigError(
             f"task.fit_on={cfg.task.fit_on} is for the baselines (solver=erm); bilevel solvers "
