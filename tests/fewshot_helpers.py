@@ -1,12 +1,8 @@
-"""Shared helpers for the few-shot tests: Hydra composition and tiny runs."""
+"""Shared helpers for the few-shot tests: tiny budgets (composition from solver_harness)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+from solver_harness import compose_config  # noqa: F401  (re-exported for the few-shot tests)
 
 # small enough for seconds on 2 CPU cores
 TINY = [
@@ -26,8 +22,3 @@ TINY = [
     "solver.T=2",
     "progress=false",
 ]
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
