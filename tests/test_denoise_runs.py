@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from denoise_helpers import TINY, run
+from solver_harness import compose_config
 
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.solvers import SOLVERS
+from bilevel_bench.tasks import build_task
 
 BILEVEL = sorted(set(SOLVERS) - {"erm"})
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -30,7 +33,7 @@ def test_every_bilevel_solver_learns_weights_on_fake(tmp_path, solver):
     assert {"test_acc", "detect_precision", "detect_recall", "weight_auroc"} <= set(curve[0])
 
 
-@pytest.mark.parametrize("fit_on", ["noisy", "val", "noisy+val", "clean"])
+@pytest.mark.parametrize("fit_on", ["noisy", "val", "noisy+val", "clean", "clean+val"])
 def test_erm_baselines_train_on_the_chosen_data(tmp_path, fit_on):
     row = run(tmp_path, [*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.epochs=3"])
     assert row["status"] == "ok", row.get("error")
@@ -80,3 +83,26 @@ def test_penalty_weights_separate_noisy_mnist_labels(tmp_path):
     )  # fmt: skip
     assert row["status"] == "ok", row.get("error")
     assert row["weight_auroc"] > 0.65
+
+
+@pytest.mark.parametrize("optimizer_u, off_batch_moves", [("sparse_adam", False), ("adam", True)])
+def test_lazy_adam_moves_only_the_weights_of_the_current_batch(optimizer_u, off_batch_moves):
+    """Per-example weights: dense Adam keeps moving examples off-batch on stale momentum;
+    solver.optimizer_u=sparse_adam (lazy Adam) moves only the examples in the minibatch."""
+    cfg = compose_config(*TINY, "solver=penalty", f"solver.optimizer_u={optimizer_u}",
+                         "task.batch_size=50")  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    task = build_task(cfg, torch.device("cpu"), generator)
+    u, v = (
+        {k: t.detach().clone().requires_grad_() for k, t in x.items()}
+        for x in task.problem.init_variables(generator)
+    )
+    solver = SOLVERS["penalty"](task.problem, u, v, cfg.solver, generator)
+    solver.step()  # batch 1: momentum for its 50 examples
+    first = u["logits"].detach().clone()
+    order_before = task.problem._order.clone()
+    solver.step()  # batch 2: a disjoint set of 50 examples (same permutation, next slice)
+    assert torch.equal(task.problem._order, order_before)
+    batch_one = order_before[:50]
+    moved = (u["logits"].detach() - first)[batch_one].abs().max()
+    assert bool(moved > 0) is off_batch_moves

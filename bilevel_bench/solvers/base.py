@@ -14,7 +14,14 @@ import torch
 from bilevel_bench import autodiff, checks
 from bilevel_bench.problem import BilevelProblem, BoundObjectives, Variables, project_in_place
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+# sparse_adam is lazy Adam (torch.optim.SparseAdam): only the coordinates with a nonzero
+# gradient move and update their moments. For per-example upper variables (denoising weights)
+# dense Adam keeps moving every example off-batch on stale momentum.
+OPTIMIZERS = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "sparse_adam": torch.optim.SparseAdam,
+}
 
 
 def make_optimizer(name: str, variables: Variables, lr: float) -> torch.optim.Optimizer:
@@ -98,8 +105,10 @@ def apply_update(
     optimizer: torch.optim.Optimizer, variables: Variables, direction: Variables, projector
 ) -> None:
     """Hand `direction` to the optimiser as the gradient, step, then project (constraints)."""
+    sparse = isinstance(optimizer, torch.optim.SparseAdam)
     for name, tensor in variables.items():
-        tensor.grad = direction[name].detach()
+        gradient = direction[name].detach()
+        tensor.grad = gradient.to_sparse() if sparse else gradient
     optimizer.step()
     project_in_place(variables, projector)
     for tensor in variables.values():

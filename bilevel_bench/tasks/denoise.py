@@ -8,7 +8,8 @@
 The authors' extras, each a flag (defaults = their code): pre-train v on the validation set,
 initialise w from agreement of the pre-trained network with each label, rescale w to mean 0.5
 after every epoch. `solver=erm` gives the baselines: plain unweighted ERM (no extras) on the data
-chosen by task.fit_on = noisy | val | noisy+val | clean (oracle: the noisy examples dropped).
+chosen by task.fit_on = noisy | val | noisy+val | clean | clean+val (oracles: the noisy examples
+dropped, without or with the validation set).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bilevel_bench.tasks import classifier
 from bilevel_bench.tasks.base import Task
 from bilevel_bench.tasks.detection import detection_metrics
 
-FIT_ON = ("noisy", "val", "noisy+val", "clean")
+FIT_ON = ("noisy", "val", "noisy+val", "clean", "clean+val")
 WEIGHT_CLIP = 1e-5  # the authors clip renormalised weights to [1e-5, 1 - 1e-5]
 
 TASK_RULES = {
@@ -209,7 +210,10 @@ def _pool(data: ImageSets, noisy_y, is_noisy, fit_on):
     if fit_on == "noisy+val":
         return torch.cat([data.train_x, data.val_x]), torch.cat([noisy_y, data.val_y])
     clean = ~is_noisy
-    return data.train_x[clean], noisy_y[clean]
+    if fit_on == "clean":
+        return data.train_x[clean], noisy_y[clean]
+    # the ceiling of re-weighting: every clean example the bilevel solvers can see
+    return torch.cat([data.train_x[clean], data.val_x]), torch.cat([noisy_y[clean], data.val_y])
 
 
 def _row_name(cfg, baseline: bool) -> str:
