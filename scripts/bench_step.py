@@ -2,7 +2,7 @@
 on the authors' MNIST and CIFAR-10 networks and the same minibatch (random pixels of the right
 shape: the cost of a step does not depend on the values). Writes results/denoise/bench_step.csv.
 
-    python scripts/bench_step.py [--repeats 3] [--batch 200] [--device auto] [--out ...]
+    python scripts/bench_step.py [--repeats 3] [--batch 200] [--device auto] [--models ...] [--out ...]
 
 A solver's upper step costs fixed + T * inner (+ T2 * solve for ApproxGrad's linear-solve
 iterations). Timing whole upper steps at T (and T2) = 1 and 3 gives `inner_ratio` (the marginal
@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from bilevel_bench import autodiff, runner
+from bilevel_bench import autodiff, devices, runner
+from bilevel_bench.results import device_name
 from bilevel_bench.solvers import solver_class
 from bilevel_bench.tasks import build_task
 
@@ -78,22 +79,33 @@ def main():
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/denoise/bench_step.csv")
+    parser.add_argument("--models", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     args = parser.parse_args()
-    device = runner.resolve_device(args.device)
+    with devices.claim(args.device) as device:
+        frame = measure(args.models, args.batch, args.repeats, device)
+    frame["batch"], frame["device"] = args.batch, device_name(device)
+    frame["torch"], frame["threads"] = torch.__version__, torch.get_num_threads()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    print(frame.to_string(index=False))
+    print(f"wrote {args.out}")
+
+
+def measure(models, batch, repeats, device) -> pd.DataFrame:
     rows = []
-    for model in NETWORKS:
-        _, task, u, v, generator = _setup(model, "penalty", 1, args.batch, device)
-        sgd = _timed(plain_sgd_step(task, u, v, generator), args.repeats, device)
+    for model in models:
+        _, task, u, v, generator = _setup(model, "penalty", 1, batch, device)
+        sgd = _timed(plain_sgd_step(task, u, v, generator), repeats, device)
         for solver in SOLVERS:
             solve_steps = solver == "approxgrad"
             settings = [(SHORT, SHORT), (LONG, SHORT)] + ([(SHORT, LONG)] if solve_steps else [])
             upper = {}
             for T, T2 in settings:
                 cfg, task, u, v, generator = _setup(
-                    model, solver, T, args.batch, device, T2 if solve_steps else None
+                    model, solver, T, batch, device, T2 if solve_steps else None
                 )
                 instance = solver_class(solver)(task.problem, u, v, cfg.solver, generator)
-                upper[T, T2] = _timed(instance.step, args.repeats, device)
+                upper[T, T2] = _timed(instance.step, repeats, device)
             base = upper[SHORT, SHORT]
             inner = (upper[LONG, SHORT] - base) / (LONG - SHORT)
             solve = (upper[SHORT, LONG] - base) / (LONG - SHORT) if solve_steps else 0.0
@@ -109,13 +121,7 @@ def main():
                 f"fixed x{row['fixed_ratio']:.2f}  amortized(T=20) x{row['amortized_ratio_T20']:.2f}",
                 flush=True,
             )
-    frame = pd.DataFrame(rows)
-    frame["batch"], frame["device"] = args.batch, str(device)
-    frame["torch"], frame["threads"] = torch.__version__, torch.get_num_threads()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
-    print(frame.to_string(index=False))
-    print(f"wrote {args.out}")
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":

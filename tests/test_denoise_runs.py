@@ -106,3 +106,17 @@ def test_lazy_adam_moves_only_the_weights_of_the_current_batch(optimizer_u, off_
     batch_one = order_before[:50]
     moved = (u["logits"].detach() - first)[batch_one].abs().max()
     assert bool(moved > 0) is off_batch_moves
+
+
+@pytest.mark.parametrize("fit_on", ["clean", "clean+val"])
+def test_oracles_train_on_true_labels_only(fit_on):
+    cfg = compose_config(*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.noise=0.5")
+    task = build_task(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    problem, data = task.problem, task.problem.data
+    n_clean = int((~task.is_noisy).sum())
+    expected = n_clean + (len(data.val_y) if fit_on == "clean+val" else 0)
+    assert len(problem.pool_y) == expected
+    true_pool_y = data.train_y[~task.is_noisy]
+    if fit_on == "clean+val":
+        true_pool_y = torch.cat([true_pool_y, data.val_y])
+    assert torch.equal(problem.pool_y, true_pool_y)  # no corrupted label reaches the oracle
