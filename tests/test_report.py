@@ -126,8 +126,12 @@ def test_configs_that_differ_inside_a_cell_become_row_keys(tmp_path, capsys):
 
 
 def test_paper_column_joins_on_task_dataset_and_setting(tmp_path, capsys):
-    def config(noise):
-        return {"task": {"name": "denoise", "noise": noise}, "solver": {"name": "penalty"}}
+    def config(noise, model="mnist_cnn"):
+        return {
+            "task": {"name": "denoise", "noise": noise},
+            "solver": {"name": "penalty"},
+            "model": {"name": model},
+        }
 
     csv = write_runs(
         tmp_path / "runs.csv",
@@ -153,14 +157,26 @@ def test_paper_column_joins_on_task_dataset_and_setting(tmp_path, capsys):
                 "test_acc": 90.0,
                 "config": config(0.5),
             },
+            {  # the small-scale logreg setting is not the paper's CNN row: no reference beside it
+                "task": "denoise",
+                "dataset": "mnist",
+                "solver": "penalty",
+                "test_acc": 80.0,
+                "config": config(0.5, "logreg"),
+            },
         ],
     )
     os.chdir(tmp_path)  # no results/ here: the checkout's results/paper_reference.csv is used
     out = report("table", csv, "--paper", "--out", tmp_path / "paper", capsys=capsys)
-    rows = {line.split("|")[3].strip(): line for line in out.splitlines() if "| denoise" in line}
-    assert "98.89" in rows["0.25"] and "-0.39" in rows["0.25"]
-    assert "97.51" in rows["0.5"] and "-7.51" in rows["0.5"]
-    assert "unverified" in rows["0.25"]
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[3:5]): line
+        for line in out.splitlines()
+        if "| denoise" in line
+    }
+    assert "98.89" in rows["mnist_cnn", "0.25"] and "-0.39" in rows["mnist_cnn", "0.25"]
+    assert "97.51" in rows["mnist_cnn", "0.5"] and "-7.51" in rows["mnist_cnn", "0.5"]
+    assert "unverified" in rows["mnist_cnn", "0.25"]
+    assert "97.51" not in rows["logreg", "0.5"]
     assert "cifar10" in out  # reference numbers without runs are listed, not dropped
 
 
