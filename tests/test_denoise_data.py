@@ -111,7 +111,8 @@ def test_cifar10_sets_split_and_reach_the_model_layout(tmp_path):
 
 def test_cifar10_missing_and_corrupt_errors(tmp_path):
     with pytest.raises(
-        DatasetError, match=r"CIFAR-10 not found under .*cifar-10-batches-py.*data_batch_1"
+        DatasetError,
+        match=r"CIFAR-10 not found: no complete copy under .*cifar-10-batches-py.*data_batch_1",
     ):
         load_cifar10(tmp_path, train=True, download=False)
     folder = _cifar_folder(tmp_path)
@@ -154,3 +155,19 @@ def test_svhn_missing_and_corrupt_errors(tmp_path):
     (folder / "test_32x32.mat").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match=r"SVHN: .*test_32x32.mat is corrupt"):
         load_svhn(tmp_path, "test", download=False)
+
+
+@pytest.mark.parametrize("dataset", ["CIFAR10", "SVHN"])
+def test_failed_download_names_the_dataset_and_the_offline_fix(tmp_path, monkeypatch, dataset):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("no route to host")
+
+    monkeypatch.setattr(torchvision.datasets, dataset, offline)
+    name = {"CIFAR10": "CIFAR-10", "SVHN": "SVHN"}[dataset]
+    with pytest.raises(DatasetError, match=rf"{name} download into .* failed \(no route to host\)"):
+        if dataset == "CIFAR10":
+            load_cifar10(tmp_path, train=True, download=True)
+        else:
+            load_svhn(tmp_path, "train", download=True)

@@ -7,12 +7,13 @@ it unusable on copies or test files); torchvision is only used to download when 
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bilevel_bench.data.errors import DatasetError
+from bilevel_bench.data.errors import DatasetError, download_or_explain
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -49,14 +50,12 @@ def load_cifar10(
     folder = root / FOLDER
     names = TRAIN_FILES if train else TEST_FILES
     if not all((folder / name).is_file() for name in names):
-        if not download:
-            raise DatasetError(f"CIFAR-10 not found under {folder} and data.download=false; {HINT}")
         from torchvision.datasets import CIFAR10
 
-        try:
-            CIFAR10(str(root), train=train, download=True)
-        except Exception as err:
-            raise DatasetError(f"CIFAR-10 download into {root} failed ({err}); {HINT}") from err
+        fetch = partial(CIFAR10, str(root), train=train, download=True)
+        download_or_explain(
+            "CIFAR-10", f"no complete copy under {folder}", root, download, fetch, HINT
+        )
     parts = [_read_batch(folder / name) for name in names]
     images = np.concatenate([p[0] for p in parts]).transpose(0, 2, 3, 1)
     labels = np.concatenate([p[1] for p in parts])

@@ -6,12 +6,13 @@ is only used to download them. Label 10 in the files means digit 0.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bilevel_bench.data.errors import DatasetError
+from bilevel_bench.data.errors import DatasetError, download_or_explain
 
 FOLDER = "svhn"
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
@@ -29,14 +30,10 @@ def load_svhn(root: str | Path, split: str, download: bool) -> tuple[torch.Tenso
     folder = Path(root).expanduser() / FOLDER
     path = folder / FILES[split]
     if not path.is_file():
-        if not download:
-            raise DatasetError(f"SVHN not found: {path} is missing and data.download=false; {HINT}")
         from torchvision.datasets import SVHN
 
-        try:
-            SVHN(str(folder), split=split, download=True)
-        except Exception as err:
-            raise DatasetError(f"SVHN download into {folder} failed ({err}); {HINT}") from err
+        fetch = partial(SVHN, str(folder), split=split, download=True)
+        download_or_explain("SVHN", f"{path} is missing", folder, download, fetch, HINT)
     try:
         content = scipy.io.loadmat(str(path))
         images = np.asarray(content["X"], dtype=np.uint8).transpose(3, 0, 1, 2)  # HWCN -> NHWC
