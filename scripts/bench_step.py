@@ -94,9 +94,11 @@ def main():
 def measure(models, batch, repeats, device) -> pd.DataFrame:
     rows = []
     for model in models:
-        _, task, u, v, generator = _setup(model, "penalty", 1, batch, device)
-        sgd = _timed(plain_sgd_step(task, u, v, generator), repeats, device)
         for solver in SOLVERS:
+            # the SGD reference is re-timed next to each solver: on a shared or throttling CPU
+            # one reference for the whole run drifts by tens of percent
+            _, task, u, v, generator = _setup(model, "penalty", 1, batch, device)
+            sgd = _timed(plain_sgd_step(task, u, v, generator), repeats, device)
             solve_steps = solver == "approxgrad"
             settings = [(SHORT, SHORT), (LONG, SHORT)] + ([(SHORT, LONG)] if solve_steps else [])
             upper = {}
