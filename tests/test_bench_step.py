@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ def test_bench_step_writes_a_ratio_per_solver(tmp_path):
     frame = pd.read_csv(out)
     assert list(frame["solver"]) == ["penalty", "approxgrad", "rmd"]
     assert (frame["sgd_step_s"] > 0).all() and (frame["upper_step_T1_s"] > 0).all()
-    # every upper step does more work than one plain SGD step on the same batch
-    assert (frame["upper_step_T1_s"] > frame["sgd_step_s"]).all()
+    # ratios are reported, never asserted (timing belongs in the benchmark, not in tests)
+    ratios = ["inner_ratio", "solve_ratio", "fixed_ratio", "amortized_ratio_T20"]
+    assert np.isfinite(frame[ratios].to_numpy()).all()
     assert frame["device"].str.startswith("cpu").all()
