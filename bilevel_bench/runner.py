@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import resource
@@ -23,6 +24,8 @@ from bilevel_bench.tasks import build_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+log = logging.getLogger(__name__)
+
 
 class Diverged(RuntimeError):
     """Non-finite variables or metrics: the run stops and its row says so."""
@@ -38,6 +41,11 @@ def validate(cfg: DictConfig) -> None:
         checks.positive_int("task.iters", cfg.task.iters)
     checks.positive_int("task.eval_every", cfg.task.eval_every)
     checks.non_negative_int("checkpoint_every", cfg.get("checkpoint_every", 0))
+    budget = cfg.get("max_train_minutes")
+    if budget is not None and not (isinstance(budget, int | float) and budget > 0):
+        raise checks.ConfigError(
+            f"max_train_minutes={budget!r} must be a positive number of minutes, or null for no limit"
+        )
     solver_class(cfg.solver.name).validate(cfg.solver)
 
 
@@ -153,7 +161,10 @@ def _run_on(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict[str, A
 def _train(cfg, parts: RunParts, saver: Checkpoint | None) -> dict[str, float]:
     """The timed loop, from step 0 or from where a checkpoint left off.
 
-    Evaluation and checkpoint time are excluded from `time_s` and runtime_s.
+    Evaluation and checkpoint time are excluded from `time_s` and runtime_s. With
+    max_train_minutes set, the loop also ends (evaluated, status ok) once that much training time
+    is spent: a fixed compute budget, e.g. to fit a sweep into a machine reservation; the row's
+    upper_steps says how far it got.
     """
     task, solver, u, v, device = parts.task, parts.solver, parts.u, parts.v, parts.device
     curve, state = parts.curve, parts.progress
@@ -166,6 +177,8 @@ def _train(cfg, parts: RunParts, saver: Checkpoint | None) -> dict[str, float]:
         progress.set_postfix({k: f"{val:.3g}" for k, val in metrics.items()}, refresh=False)
         return metrics
 
+    budget = cfg.get("max_train_minutes")
+    budget_s = math.inf if budget is None else 60.0 * float(budget)
     diagnostics: dict[str, float] = {}
     show = bool(cfg.progress) and sys.stderr.isatty()
     progress = tqdm(
@@ -187,9 +200,18 @@ def _train(cfg, parts: RunParts, saver: Checkpoint | None) -> dict[str, float]:
             state["train_time"] += time.perf_counter() - started
             state["step"] = step
             progress.update()
-            if step % task.eval_every == 0 or step == task.total_steps:
+            out_of_time = state["train_time"] >= budget_s
+            if step % task.eval_every == 0 or step == task.total_steps or out_of_time:
                 diagnostics = _as_floats(info)
                 metrics = record(step)
+            if out_of_time:
+                log.info(
+                    "max_train_minutes=%s spent after %d of %d upper steps",
+                    budget,
+                    step,
+                    task.total_steps,
+                )
+                break
             if saver is not None and saver.due(step, task.total_steps):
                 saver.save(parts)
     return metrics

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from solver_harness import compose_config, solver_config
@@ -109,6 +110,8 @@ def test_invalid_value_fails_before_any_work(tmp_path):
         (["device=tpu"], "device"),
         (["task.iters=0"], "task.iters"),
         (["seed=-1"], "seed"),
+        (["max_train_minutes=0"], "max_train_minutes"),
+        (["max_train_minutes=soon"], "max_train_minutes"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):
@@ -170,6 +173,20 @@ def test_projections_keep_variables_in_the_box(solver):
             assert tensor.abs().max() <= 0.2
     # v* = 1 - u >= 0.8 lies outside the box: the constraint was active, so this can fail
     assert float(v["v"].max()) == pytest.approx(0.2)
+
+
+def test_time_budget_stops_an_evaluated_run_early(tmp_path):
+    # a budget far below one step's time: the run stops after its first step, evaluated
+    cfg = compose_config(
+        "task.iters=200", "task.eval_every=50", "max_train_minutes=1e-9", f"results_dir={tmp_path}"
+    )
+    row = runner.run(cfg, tmp_path / "run")
+    assert row["status"] == "ok" and row["upper_steps"] == 1
+    curve = pd.read_csv(tmp_path / "run" / "curve.csv")
+    assert list(curve["step"]) == [0, 1]
+    assert row["upper_error"] == curve["upper_error"].iloc[-1]
+    full = runner.run(compose_config("task.iters=200", f"results_dir={tmp_path}"), tmp_path / "f")
+    assert full["upper_steps"] == 200 and full["config_hash"] != row["config_hash"]
 
 
 def test_seeded_runs_repeat_exactly(tmp_path):
