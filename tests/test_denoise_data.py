@@ -4,7 +4,11 @@ the dataset's real on-disk format, including the errors for missing and corrupt 
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +175,27 @@ def test_failed_download_names_the_dataset_and_the_offline_fix(tmp_path, monkeyp
             load_cifar10(tmp_path, train=True, download=True)
         else:
             load_svhn(tmp_path, "train", download=True)
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "MNIST"
+_READ_SHAPES = (
+    "import sys; from bilevel_bench.data.mnist import load_mnist; "
+    "images, labels = load_mnist(sys.argv[1], train=True, download=False); "
+    "print(tuple(images.shape), int(labels.sum()))"
+)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs ../shared/data/MNIST")
+def test_concurrent_runs_unpack_the_gz_files_once_and_all_read_them(tmp_path):
+    """Runs started together (reproduce_denoise.sh JOBS>1) share one cache; each must read the
+    full 60000 images, never a file another process is still writing."""
+    env = {**os.environ, "BILEVEL_BENCH_CACHE": str(tmp_path / "cache")}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _READ_SHAPES, str(SHARED_MNIST.parent)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert all(process.returncode == 0 for process in processes), outputs
+    assert len({output.strip() for output in outputs}) == 1
+    assert outputs[0].startswith("(60000, 28, 28) ")

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torchvision.datasets import MNIST
 
 from bilevel_bench.data.errors import DatasetError
@@ -47,24 +48,31 @@ def _has_raw(root: Path, suffix: str) -> bool:
 
 
 def _unpack_to_cache(source_root: Path) -> Path:
-    """md5-check the .gz files and gunzip them into the cache; returns the cache root."""
+    """md5-check the .gz files and gunzip them into the cache; returns the cache root.
+
+    Concurrent runs (JOBS>1 in scripts/reproduce_denoise.sh, Hydra multirun) share the cache: one
+    unpacks under a file lock while the others wait, then find the files done.
+    """
     target = cache_root() / "mnist"
     raw_out = target / "MNIST" / "raw"
     if _has_raw(target, ""):
         return target
     raw_out.mkdir(parents=True, exist_ok=True)
-    for name, md5 in GZ_FILES.items():
-        source = source_root / "MNIST" / "raw" / name
-        if _md5(source) != md5:
-            raise DatasetError(
-                f"MNIST: {source} is corrupt (md5 differs from torchvision's {md5}); "
-                f"replace it with the original file. {SOURCE_HINT}"
-            )
-        destination = raw_out / name[: -len(".gz")]
-        partial = destination.with_suffix(".partial")
-        with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(partial, destination)  # a crash never leaves a half-written IDX file
+    with FileLock(str(raw_out / ".unpack.lock")):
+        if _has_raw(target, ""):  # another process unpacked while this one waited
+            return target
+        for name, md5 in GZ_FILES.items():
+            source = source_root / "MNIST" / "raw" / name
+            if _md5(source) != md5:
+                raise DatasetError(
+                    f"MNIST: {source} is corrupt (md5 differs from torchvision's {md5}); "
+                    f"replace it with the original file. {SOURCE_HINT}"
+                )
+            destination = raw_out / name[: -len(".gz")]
+            partial = destination.with_suffix(".partial")
+            with gzip.open(source, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(partial, destination)  # a crash never leaves a half-written IDX file
     return target
 
 
