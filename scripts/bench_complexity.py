@@ -289,12 +289,19 @@ def jobs_for(args) -> list[dict]:
 
 
 def run_isolated(jobs: list[dict]) -> list[dict]:
-    """Each job in a fresh child forked from this process, which has imported the libraries but
-    computed nothing (so forking is safe and each child's high-water RSS starts at its RSS)."""
+    """Each job in a fresh child process: its peak memory is its own.
+
+    On the CPU the child is forked from this process, which has imported the libraries but
+    computed nothing (so forking is safe, each child's high-water RSS starts at its RSS, and no
+    child pays the imports again). CUDA cannot be used in a forked child once the parent has
+    touched it (and importing the preloaded modules can), so CUDA jobs start by spawn; their memory
+    is torch.cuda.max_memory_allocated, which is per process anyway.
+    """
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit notice from torch.func
     for module in PRELOAD:
         importlib.import_module(module)
-    context = multiprocessing.get_context("fork")
+    on_cuda = any(str(job["device"]).startswith("cuda") for job in jobs)
+    context = multiprocessing.get_context("spawn" if on_cuda else "fork")
     rows = []
     with context.Pool(1, maxtasksperchild=1) as pool:
         for row in pool.imap(measure, jobs):
