@@ -40,11 +40,18 @@ COLUMNS = IDENTITY + METRICS + COST + PROVENANCE
 # Keys that say where output goes or how to run, not what is computed: left out of the hashes.
 NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every", "slurm"}
 NOT_HASHED_DATA = {"root", "download"}
+# Top-level keys added after results were committed: hashed only when set, so that their default
+# (null) leaves every earlier config hash, and with it skip-if-done and resume, unchanged.
+HASHED_WHEN_SET = {"max_train_minutes"}
 
 
 def _hashable(cfg: DictConfig) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
-    container = {k: v for k, v in container.items() if k not in NOT_HASHED and k != "hydra"}
+    container = {
+        k: v
+        for k, v in container.items()
+        if k not in NOT_HASHED and k != "hydra" and not (k in HASHED_WHEN_SET and v is None)
+    }
     if isinstance(container.get("data"), dict):
         container["data"] = {k: v for k, v in container["data"].items() if k not in NOT_HASHED_DATA}
     return container

@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from solver_harness import compose_config, solver_config
 
-from bilevel_bench import runner
+from bilevel_bench import results, runner
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.results import COLUMNS
 from bilevel_bench.solvers import SOLVERS
@@ -112,6 +113,7 @@ def test_invalid_value_fails_before_any_work(tmp_path):
         (["seed=-1"], "seed"),
         (["max_train_minutes=0"], "max_train_minutes"),
         (["max_train_minutes=soon"], "max_train_minutes"),
+        (["max_train_minutes=true"], "max_train_minutes"),
     ],
 )
 def test_bad_values_name_their_key(overrides, key):
@@ -187,6 +189,16 @@ def test_time_budget_stops_an_evaluated_run_early(tmp_path):
     assert row["upper_error"] == curve["upper_error"].iloc[-1]
     full = runner.run(compose_config("task.iters=200", f"results_dir={tmp_path}"), tmp_path / "f")
     assert full["upper_steps"] == 200 and full["config_hash"] != row["config_hash"]
+
+
+def test_unset_time_budget_leaves_earlier_config_hashes_alone():
+    # rows committed before the key existed must still match (skip-if-done, resume, compare)
+    cfg = compose_config("solver=rmd")
+    without_key = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "max_train_minutes"])
+    assert results.config_hash(cfg) == results.config_hash(without_key)
+    assert results.group_hash(cfg) == results.group_hash(without_key)
+    cfg.max_train_minutes = 5
+    assert results.config_hash(cfg) != results.config_hash(without_key)
 
 
 def test_seeded_runs_repeat_exactly(tmp_path):
