@@ -9,7 +9,8 @@
 # runs every (solver, seed) as its own process, N at a time: on a large GPU the paper's CNNs are
 # launch-bound, so concurrent runs finish the table several times sooner. Concurrent rows are
 # safe (runs.csv is appended under a file lock); each run still times only itself, so runtime_s
-# then includes the slowdown from sharing the device (say so when you report it). Name the GPU
+# then includes the slowdown from sharing the device (say so when you report it). Each run's
+# output goes to $OUT/logs/; the script exits 1 if any run did not end ok. Name the GPU
 # (device=cuda:0): device=cuda claims a whole GPU per run, so runs on one GPU would queue.
 #
 # small = experiment=denoise_mnist_small (logreg, CPU-friendly; also reports retrain_test_acc).
@@ -20,25 +21,40 @@ SCALE=${1:-small}
 SEEDS=${SEEDS:-0,1,2}
 OUT=${OUT:-results/denoise/reproduce}/$SCALE   # one folder per setting: one table each
 JOBS=${JOBS:-1}
+if [[ ! "$JOBS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "JOBS=$JOBS: set JOBS to how many runs go at a time, a whole number >= 1" >&2
+    exit 2
+fi
 read -r -a EXTRA <<< "${EXTRA:-}"
 failed=0
+pids=()
 
 run() {  # run EXPERIMENT OVERRIDES... : one Hydra sweep over the seeds, or one process per seed
     if ((JOBS == 1)); then
-        bilevel-bench -m "experiment=$1" "seed=$SEEDS" "results_dir=$OUT" "${@:2}" "${EXTRA[@]}"
+        # a failed sweep does not stop the others: the table and the exit code say so at the end
+        bilevel-bench -m "experiment=$1" "seed=$SEEDS" "results_dir=$OUT" "${@:2}" "${EXTRA[@]}" ||
+            failed=1
         return
     fi
-    local seed
+    local seed log
+    mkdir -p "$OUT/logs"
     for seed in ${SEEDS//,/ }; do
-        while (($(jobs -rp | wc -l) >= JOBS)); do wait -n || failed=1; done
+        while (($(jobs -rp | wc -l) >= JOBS)); do sleep 1; done  # exit codes: read in wait_all
+        # one log per run: a config error (exit 2) writes no row, only its message
+        log="$OUT/logs/$(echo "${*:2}" | sed 's#[ =/+]#_#g')_s$seed.log"
         bilevel-bench "experiment=$1" "seed=$seed" "results_dir=$OUT" "${@:2}" "${EXTRA[@]}" \
-            progress=false > /dev/null 2>&1 &
+            progress=false > "$log" 2>&1 &
+        pids+=("$!")
     done
 }
 
-wait_all() {  # every background run has a row (ok, failed or diverged) once this returns
-    while (($(jobs -rp | wc -l) > 0)); do wait -n || failed=1; done
+wait_all() {  # bash keeps each finished run's exit code until it is waited for
+    local pid
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 }
+
+# Ctrl-C or a kill stops the background runs too (a run's checkpoint, if any, survives)
+trap 'pids_left=$(jobs -rp); [[ -n "$pids_left" ]] && kill $pids_left 2>/dev/null; exit 130' INT TERM
 
 table() {
     bilevel-bench-report table "$OUT/runs.csv" --metric test_acc
@@ -67,7 +83,7 @@ one_setting() {
     if [[ "$experiment" == denoise_mnist_small ]]; then
         # fmd pushes all 5000 weight directions through every lower step (about 3 s per upper
         # step at T=1 on 2 CPU cores): 5 epochs at T=1, as in results/denoise/runs.csv; the
-        # authors' 100 epochs at T=20 would take days
+        # preset's 100 epochs at its T=5 would take days
         run "$experiment" solver=fmd solver.T=1 task.epochs=5 task.eval_every=25
     fi
     for data in noisy val noisy+val clean clean+val; do
@@ -88,8 +104,14 @@ case "$SCALE" in
     *) echo "usage: $0 [small|mnist|mnist50|cifar10|svhn|all]" >&2; exit 2 ;;
 esac
 wait_all
-table
+if [[ -f "$OUT/runs.csv" ]]; then
+    table || failed=1
+else
+    echo "no run wrote a row to $OUT/runs.csv" >&2
+    failed=1
+fi
 if ((failed)); then
-    echo "some runs failed: their rows in $OUT/runs.csv have status failed and the error" >&2
+    echo "some runs did not end ok: see the rows in $OUT/runs.csv (status failed or diverged," \
+        "with the error) and, for JOBS>1, the runs' logs in $OUT/logs/" >&2
     exit 1
 fi

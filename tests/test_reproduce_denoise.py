@@ -20,22 +20,24 @@ TINY = (
 )
 
 
-@pytest.mark.slow
-def test_parallel_mnist50_gives_every_run_half_noisy_labels(tmp_path):
+def _script(tmp_path, scale, **env_extra):
     env = {
         **os.environ,
-        # the console scripts live beside this interpreter (venv or system)
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-        "JOBS": "3",
         "SEEDS": "0",
         "OUT": str(tmp_path / "out"),
-        "EXTRA": TINY,
         "OMP_NUM_THREADS": "1",
+        **env_extra,
     }
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "reproduce_denoise.sh"), "mnist50"],
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "reproduce_denoise.sh"), scale],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_parallel_mnist50_gives_every_run_half_noisy_labels(tmp_path):
+    done = _script(tmp_path, "mnist50", JOBS="3", EXTRA=TINY)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = results.read_rows(tmp_path / "out" / "mnist50" / "runs.csv")
     solvers = sorted(row["solver"] for row in rows)
@@ -47,3 +49,20 @@ def test_parallel_mnist50_gives_every_run_half_noisy_labels(tmp_path):
         assert config["task"]["noise"] == 0.5, row["run_dir"]
     # the table is printed at the end, solvers as columns, one row per baseline
     assert "penalty" in done.stdout and "fit_on=clean+val" in done.stdout
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_bad_jobs_value_names_the_variable(tmp_path, jobs):
+    done = _script(tmp_path, "small", JOBS=jobs)
+    assert done.returncode == 2 and f"JOBS={jobs}" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_parallel_runs_that_fail_make_the_script_fail_and_leave_their_logs(tmp_path):
+    done = _script(tmp_path, "mnist", JOBS="3", EXTRA=TINY + " solver.T=0")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "no run wrote a row" in done.stderr and "logs" in done.stderr
+    logs = sorted((tmp_path / "out" / "mnist" / "logs").glob("*.log"))
+    assert len(logs) == 9  # one per (solver or baseline, seed)
+    assert all("solver.T must be an integer >= 1" in log.read_text() for log in logs)
