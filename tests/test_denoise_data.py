@@ -8,12 +8,12 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from solver_harness import SHARED_DATA
 
 from bilevel_bench.data.cifar10 import load_cifar10
 from bilevel_bench.data.errors import DatasetError
@@ -177,7 +177,7 @@ def test_failed_download_names_the_dataset_and_the_offline_fix(tmp_path, monkeyp
             load_svhn(tmp_path, "train", download=True)
 
 
-SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "MNIST"
+SHARED_MNIST = SHARED_DATA / "MNIST"
 _READ_SHAPES = (
     "import sys; from bilevel_bench.data.mnist import load_mnist; "
     "images, labels = load_mnist(sys.argv[1], train=True, download=False); "

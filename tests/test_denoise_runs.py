@@ -6,19 +6,17 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from denoise_helpers import TINY, run
-from solver_harness import compose_config
+from solver_harness import SHARED_DATA, compose_config
 
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.solvers import SOLVERS
 from bilevel_bench.tasks import build_task
 
 BILEVEL = sorted(set(SOLVERS) - {"erm"})
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 @pytest.mark.parametrize("solver", BILEVEL)
