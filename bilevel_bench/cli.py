@@ -46,41 +46,55 @@ def app(cfg: DictConfig) -> None:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     runs_csv = Path(cfg.results_dir) / "runs.csv"
     done = already_done(cfg)
-    if done is not None:
+    for row in done:
         print(
-            f"[skipped] {_describe(done)}: already has an ok row in {runs_csv} "
-            f"(config_hash={done['config_hash']}, run_dir={done['run_dir']}); "
+            f"[skipped] {_describe(row)}: already has an ok row in {runs_csv} "
+            f"(config_hash={row['config_hash']}, run_dir={row['run_dir']}); "
             "force=true re-runs it"
         )
+    done_seeds = {int(row["seed"]) for row in done}
+    seeds = [seed for seed in runner.group_seeds(cfg) if seed not in done_seeds]
+    if not seeds:
         return
     job_num = 0 if OmegaConf.is_missing(hydra_cfg.job, "num") else int(hydra_cfg.job.num)
     failure: tuple[str, int] | None = None
     try:
-        row = runner.run(cfg, run_dir, job_num=job_num)
+        rows = runner.run(cfg, run_dir, job_num=job_num, seeds=seeds)
     except ConfigError as err:
         failure = (f"config error: {err}", 2)
-    except Exception as err:  # the runner wrote the failed row and error.txt before re-raising
+    except Exception as err:  # the runner wrote the failed rows and error.txt before re-raising
         log.error("run failed", exc_info=err)
         failure = (
             f"[failed] {type(err).__name__}: {err}; traceback in {run_dir / 'error.txt'}, "
-            f"row appended to {runs_csv}",
+            f"the failed row(s) appended to {runs_csv}",
             1,
         )
     if failure is not None:  # outside the except block, so nothing keeps the error's frames
         _release_memory()  # a sweep in this process goes on: free what the failed run held
         _finish_not_ok(*failure, in_sweep)
         return
-    print(f"[{row['status']}] {_describe(row)} {_headline(row)} runtime={row['runtime_s']:.2f}s")
-    print(f"results: {run_dir / 'result.json'} (curve.csv beside it); row appended to {runs_csv}")
-    if row["status"] != "ok":
-        _finish_not_ok(f"[{row['status']}] {row['error']}", 1, in_sweep)
+    for row in rows:
+        print(
+            f"[{row['status']}] {_describe(row)} {_headline(row)} runtime={row['runtime_s']:.2f}s"
+        )
+    where = "result.json" if len(rows) == 1 else "seed*/result.json"
+    count = "1 row" if len(rows) == 1 else f"{len(rows)} rows"
+    print(f"results: {run_dir / where} (curve.csv beside it); {count} appended to {runs_csv}")
+    not_ok = [row for row in rows if row["status"] != "ok"]
+    if not_ok:
+        _finish_not_ok(f"[{not_ok[0]['status']}] {not_ok[0]['error']}", 1, in_sweep)
 
 
-def already_done(cfg: DictConfig) -> dict[str, str] | None:
-    """This config's ok row in runs.csv (so the run can be skipped), unless force=true."""
+def already_done(cfg: DictConfig) -> list[dict[str, str]]:
+    """The ok rows in runs.csv of this config's seeds (those runs are skipped), unless force."""
     if cfg.get("force", False):
-        return None
-    return results.find_ok_row(Path(cfg.results_dir) / "runs.csv", results.config_hash(cfg))
+        return []
+    path = Path(cfg.results_dir) / "runs.csv"
+    found = [
+        results.find_ok_row(path, results.config_hash(cfg, seed))
+        for seed in runner.group_seeds(cfg)
+    ]
+    return [row for row in found if row is not None]
 
 
 def _describe(row) -> str:

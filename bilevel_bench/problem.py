@@ -4,23 +4,42 @@
 
 Variables are dicts name -> tensor, so a problem can name its blocks ("weights", "poisons", ...)
 and a solver never needs to know their shapes.
+
+The engine runs K runs (seeds) of a problem as one computation: every variable carries a leading
+run dimension and f, g return one value per run. A problem says how it meets that with
+`batched`:
+- `batched = False` (the default, for problems of your own): write f, g, h, the projections,
+  `sample_batches` and `after_step` for ONE run. The engine runs them over the K runs with
+  torch.func.vmap. The one rule: they must be vmappable, i.e. no in-place updates of the
+  variables, no `.item()` / `float()` / Python `if` on tensor values, and no torch random
+  functions (draw random numbers with `bilevel_bench.keys` from the key `sample_batches` gets).
+- `batched = True`: the problem handles the run dimension itself (the built-in tasks do, to keep
+  one copy of their data and to use batched kernels): `init_variables` gets one generator per
+  run, f and g return a [K] tensor, `upper_error` a list of K numbers.
+
+Runs never share variables, so the gradient of the summed per-run values is every run's own
+gradient, and so are Hessian-vector products: solvers differentiate `values.sum()`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from bilevel_bench.checks import ConfigError
+
 Variables = dict[str, torch.Tensor]
 Batch = Any
+#: {"key": [K] int64, "step": [K] int64}: a run's random stream (see bilevel_bench.keys).
+Stream = dict[str, torch.Tensor]
 
 
 @dataclass
 class BoundObjectives:
-    """f and g as functions of v alone, for a fixed u and fixed batches.
+    """f and g (and h) as functions of v alone, for a fixed u and fixed batches.
 
     Solvers call `problem.bind(...)` once per upper step (with u detached for the lower phase,
     live for the upper phase) and then evaluate `f(v)` / `g(v)` many times. A problem whose
@@ -38,18 +57,20 @@ class BilevelProblem:
 
     #: Human-readable name used in the result row's `dataset` column.
     name: str = "custom"
+    #: See the module docstring: False = written for one run (vmapped by the engine).
+    batched: ClassVar[bool] = False
 
     # --- required -----------------------------------------------------------------------------
     def init_variables(self, generator: torch.Generator) -> tuple[Variables, Variables]:
-        """Return fresh (u, v): dicts of tensors. The runner makes them leaves that require grad."""
+        """Fresh (u, v) for one run: dicts of tensors (batched problems: see the module doc)."""
         raise NotImplementedError
 
     def f(self, u: Variables, v: Variables, batch: Batch) -> torch.Tensor:
-        """Upper objective (scalar)."""
+        """Upper objective (a scalar; one per run when batched)."""
         raise NotImplementedError
 
     def g(self, u: Variables, v: Variables, batch: Batch) -> torch.Tensor:
-        """Lower objective (scalar)."""
+        """Lower objective (a scalar; one per run when batched)."""
         raise NotImplementedError
 
     # --- optional -----------------------------------------------------------------------------
@@ -63,17 +84,13 @@ class BilevelProblem:
     def project_v(self, v: Variables) -> Variables:
         return v
 
-    def sample_batch(self, split: str, generator: torch.Generator) -> Batch:
-        """A minibatch for `split` ("upper" for f, "lower" for g). Default: full batch (None)."""
-        return None
+    def sample_batches(self, stream: Stream) -> tuple[Batch, Batch]:
+        """(upper_batch, lower_batch) for the upper step numbered stream["step"].
 
-    def sample_batches(self, generator: torch.Generator) -> tuple[Batch, Batch]:
-        """(upper_batch, lower_batch) for one upper step.
-
-        Override when the two are coupled, e.g. few-shot episodes whose support set feeds g and
-        whose query set feeds f.
+        A pure function of the run's key and step (draw with bilevel_bench.keys), so that a
+        resumed run draws the same batches. Default: full batch (None, None).
         """
-        return self.sample_batch("upper", generator), self.sample_batch("lower", generator)
+        return None, None
 
     def bind(self, u: Variables, upper_batch: Batch, lower_batch: Batch) -> BoundObjectives:
         h = None
@@ -85,27 +102,130 @@ class BilevelProblem:
             h=h,
         )
 
+    def after_step(self, u: Variables, v: Variables, stream: Stream) -> tuple[Variables, Variables]:
+        """The problem's own change to the variables after each upper step (stream["step"] = the
+        steps done), e.g. fresh few-shot heads or per-epoch re-normalised weights. Identity by
+        default."""
+        return u, v
+
     def optimum(self) -> tuple[Variables, Variables] | None:
-        """Known solution (u*, v*), or None when unknown."""
+        """Known solution (u*, v*) of one run, or None when unknown."""
         return None
 
-    def upper_error(self, u: Variables, v: Variables) -> float | None:
-        """Distance of u to the solution (set). Default: Euclidean distance to optimum()'s u*."""
+    def upper_error(self, u: Variables, v: Variables):
+        """Distance of u to the solution (set): a float (one run), a list of K floats (batched),
+        or None. Default: Euclidean distance to optimum()'s u*."""
         best = self.optimum()
         if best is None:
             return None
         u_star, _ = best
-        squared = sum(((u[k].detach() - u_star[k].to(u[k])) ** 2).sum() for k in u_star)
-        return float(torch.sqrt(squared))
+        if not self.batched:
+            squared = sum(((u[k].detach() - u_star[k].to(u[k])) ** 2).sum() for k in u_star)
+            return float(torch.sqrt(squared))
+        squared = sum(
+            ((u[k].detach() - u_star[k].to(u[k])) ** 2).reshape(len(u[k]), -1).sum(1)
+            for k in u_star
+        )
+        return squared.sqrt().tolist()
 
 
-def project_in_place(variables: Variables, projector: Callable[[Variables], Variables]) -> None:
-    """Apply a problem's projection to leaf variables without breaking optimiser references."""
-    projected = projector(variables)
-    if projected is variables:
-        return
-    with torch.no_grad():
-        for name, tensor in variables.items():
-            target = projected[name]
-            if target is not tensor:
-                tensor.copy_(target)
+class VmappedProblem(BilevelProblem):
+    """A one-run problem run over K runs with torch.func.vmap (the engine's view of it)."""
+
+    batched = True
+
+    def __init__(self, problem: BilevelProblem):
+        self.inner = problem
+        self.name = problem.name
+        if problem.h is not None:
+            self.h = lambda u, v: self._vmap("h", lambda u_, v_: problem.h(u_, v_), u, v)
+        self._overrides = {
+            method: getattr(type(problem), method) is not getattr(BilevelProblem, method)
+            for method in ("project_u", "project_v", "sample_batches", "after_step")
+        }
+
+    def _vmap(self, what: str, fn, *args, in_dims=0):
+        try:
+            return torch.func.vmap(fn, in_dims=in_dims)(*args)
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+            raise ConfigError(
+                f"{type(self.inner).__name__}.{what} cannot run several runs at once: problems "
+                "written for one run (batched = False) must be vmappable: no in-place updates of "
+                "the variables, no .item() / float() / Python `if` on tensor values, no torch "
+                f"random functions (use bilevel_bench.keys). torch.func.vmap said: {err}"
+            ) from err
+
+    def init_variables(self, generators):
+        runs = [self.inner.init_variables(generator) for generator in generators]
+        return tuple(
+            {name: torch.stack([run[side][name] for run in runs]) for name in runs[0][side]}
+            for side in (0, 1)
+        )
+
+    @staticmethod
+    def _batch_dims(batch):
+        return None if batch is None else 0
+
+    def bind(self, u, upper_batch, lower_batch):
+        problem = self.inner
+        dims = (0, 0, self._batch_dims(upper_batch), self._batch_dims(lower_batch))
+
+        def objective(which):
+            def per_run(u_, v_, upper_, lower_):
+                return getattr(problem.bind(u_, upper_, lower_), which)(v_)
+
+            return lambda v: self._vmap(
+                which, per_run, u, v, upper_batch, lower_batch, in_dims=dims
+            )
+
+        return BoundObjectives(
+            f=objective("f"),
+            g=objective("g"),
+            h=objective("h") if problem.h is not None else None,
+        )
+
+    def f(self, u, v, batch):
+        return self.bind(u, batch, None).f(v)
+
+    def g(self, u, v, batch):
+        return self.bind(u, None, batch).g(v)
+
+    def project_u(self, u):
+        if not self._overrides["project_u"]:
+            return u
+        return self._vmap("project_u", self.inner.project_u, u)
+
+    def project_v(self, v):
+        if not self._overrides["project_v"]:
+            return v
+        return self._vmap("project_v", self.inner.project_v, v)
+
+    def sample_batches(self, stream):
+        if not self._overrides["sample_batches"]:
+            return None, None
+        return self._vmap("sample_batches", self.inner.sample_batches, stream)
+
+    def after_step(self, u, v, stream):
+        if not self._overrides["after_step"]:
+            return u, v
+        return self._vmap("after_step", self.inner.after_step, u, v, stream)
+
+    def optimum(self):
+        return self.inner.optimum()
+
+    def upper_error(self, u, v):
+        runs = len(next(iter(u.values())))
+        errors = [
+            self.inner.upper_error(
+                {k: t[run] for k, t in u.items()}, {k: t[run] for k, t in v.items()}
+            )
+            for run in range(runs)
+        ]
+        return None if errors[0] is None else errors
+
+
+def batched(problem: BilevelProblem) -> BilevelProblem:
+    """The problem as the engine sees it: with a leading run dimension on everything."""
+    return problem if problem.batched else VmappedProblem(problem)

@@ -23,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 IDENTITY = ["task", "dataset", "solver", "seed", "status"]
 METRICS = ["test_acc", "val_acc", "upper_loss", "lower_grad_norm", "upper_error"]
 COST = ["runtime_s", "peak_mem_mb", "upper_steps"]
+# How it ran: `runs` = K, the number of seeds computed together (runtime_s and peak_mem_mb are
+# the whole batch's, so they are never averaged with those of another K).
+HOW = ["runs"]
 PROVENANCE = [
     "git_sha",
     "dirty",
@@ -35,10 +38,12 @@ PROVENANCE = [
     "run_dir",
     "error",
 ]
-COLUMNS = IDENTITY + METRICS + COST + PROVENANCE
+COLUMNS = IDENTITY + METRICS + COST + HOW + PROVENANCE
 
 # Keys that say where output goes or how to run, not what is computed: left out of the hashes.
-NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every", "slurm"}
+# `runs` too: run k of a batch computes what the single run of that seed computes, and `tuned`
+# acts through the solver values it sets (which are hashed).
+NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every", "slurm", "runs", "tuned"}
 NOT_HASHED_DATA = {"root", "download"}
 # Top-level keys added after results were committed: hashed only when set, so that their default
 # (null) leaves every earlier config hash, and with it skip-if-done and resume, unchanged.
@@ -61,8 +66,21 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def config_hash(cfg: DictConfig) -> str:
-    return _digest(_hashable(cfg))
+def config_hash(cfg: DictConfig, seed: int | None = None) -> str:
+    """The hash of the single run of `seed` (default: cfg.seed): the same whether the run was
+    computed alone or as one of a batch of runs, so that skip, resume and tables treat them alike."""
+    container = _hashable(cfg)
+    if seed is not None:
+        container["seed"] = seed
+    return _digest(container)
+
+
+def batch_key(cfg: DictConfig, seeds: list[int]) -> str:
+    """Identifies one batched computation (its checkpoint): the config and the exact seeds. A
+    single run's key is its config hash."""
+    if len(seeds) == 1:
+        return config_hash(cfg, seeds[0])
+    return _digest({"config_hash": config_hash(cfg, seeds[0]), "seeds": list(seeds)})
 
 
 def group_hash(cfg: DictConfig) -> str:

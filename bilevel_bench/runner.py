@@ -1,41 +1,46 @@
-"""One experiment, top to bottom: validate, seed, build, train (timed), evaluate, record a row."""
+"""One experiment, top to bottom: validate, build, train (timed), evaluate, record one row per run.
+
+`runs=K` computes the seeds seed, seed+1, ..., seed+K-1 together: every variable carries a
+leading run dimension and one solver step advances all K runs. runs=1 is the same code with
+K = 1. A run that diverges is frozen (its state no longer changes) and written as `diverged`;
+the others go on.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-import random
+import re
 import resource
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bilevel_bench import autodiff, checks, devices, results
-from bilevel_bench.checkpoint import Checkpoint, RunParts
-from bilevel_bench.solvers import solver_class
+from bilevel_bench import autodiff, checks, devices, keys, results
+from bilevel_bench.checkpoint import Checkpoint, Progress, same_structure
+from bilevel_bench.solvers import SOLVERS, solver_class
 from bilevel_bench.tasks import build_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 log = logging.getLogger(__name__)
-
-
-class Diverged(RuntimeError):
-    """Non-finite variables or metrics: the run stops and its row says so."""
 
 
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before any work; raises ConfigError naming the key."""
     checks.non_negative_int("seed", cfg.seed)
+    checks.positive_int("runs", cfg.get("runs", 1))
     checks.one_of(*DTYPES)("dtype", cfg.dtype)
-    if not (cfg.device == "auto" or str(cfg.device).startswith(("cpu", "cuda"))):
+    if not DEVICE_PATTERN.fullmatch(str(cfg.device)):
         raise checks.ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
     if "iters" in cfg.task:
         checks.positive_int("task.iters", cfg.task.iters)
@@ -44,15 +49,193 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("max_train_minutes") is not None:  # null: no limit
         checks.positive("max_train_minutes", cfg.max_train_minutes)
     solver_class(cfg.solver.name).validate(cfg.solver)
+    validate_tuned(cfg)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+def validate_tuned(cfg: DictConfig) -> None:
+    """configs/tuned/<task>.yaml may only name known solvers and their declared keys (a typo
+    there would otherwise silently leave the default in place)."""
+    tuned = cfg.get("tuned") or {}
+    where = f"configs/tuned/{cfg.task.name}.yaml"
+    for solver, section in tuned.items():
+        if solver not in SOLVERS:
+            raise checks.ConfigError(
+                f"{where}: {solver!r} is not a solver; known: {checks.names(SOLVERS)}"
+            )
+        unknown = sorted(set(section) - set(SOLVERS[solver].params))
+        if unknown:
+            raise checks.ConfigError(
+                f"{where}: {solver}.{unknown[0]} is not a hyper-parameter of {solver}; its "
+                f"hyper-parameters are: {checks.names(SOLVERS[solver].params)}"
+            )
 
 
-def _leaves(variables, device):
+def group_seeds(cfg: DictConfig) -> list[int]:
+    return list(range(int(cfg.seed), int(cfg.seed) + int(cfg.get("runs", 1))))
+
+
+def run(
+    cfg: DictConfig, run_dir: Path, job_num: int = 0, seeds: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Run the experiment for `seeds` (default: seed .. seed+runs-1) and return one row per run
+    (also written to disk).
+
+    Config errors raise before any work. Exceptions during the run are recorded as rows with
+    status `failed` and re-raised; non-finite values stop a run with status `diverged`.
+    With checkpoint_every > 0 the computation saves its state periodically and resumes from it.
+    `job_num` (a sweep's job number) picks which free GPU to try first (see devices.py).
+    """
+    validate(cfg)
+    seeds = group_seeds(cfg) if seeds is None else list(seeds)
+    with devices.claim(str(cfg.device), job_num) as device:
+        return _run_on(cfg, seeds, device, Path(run_dir))
+
+
+def run_dirs_for(run_dir: Path, seeds: list[int]) -> list[Path]:
+    """A single run writes into the run dir itself; a batch into one sub-folder per seed."""
+    return [run_dir] if len(seeds) == 1 else [run_dir / f"seed{seed}" for seed in seeds]
+
+
+@dataclass
+class Outcome:
+    """What a batched computation produced: the final state and every run's metrics."""
+
+    task: Any
+    state: dict[str, Any]
+    progress: Progress
+    final: dict[int, dict[str, float]]  # final_metrics of the runs that did not diverge
+
+    def metrics(self, run: int) -> dict[str, float]:
+        """The run's row metrics: the last evaluation, then the task's final metrics."""
+        metrics = _final_point(self.progress.curves[run])
+        metrics.update({k: float(x) for k, x in self.final.get(run, {}).items()})
+        return metrics
+
+
+def new_progress(seeds: list[int]) -> Progress:
+    return Progress(step=0, train_time=0.0, curves=[[] for _ in seeds], diverged={})
+
+
+def execute(
+    cfg, seeds: list[int], device: torch.device, dirs: list[Path], saver=None, progress=None
+) -> Outcome:
+    """Build, initialise (or resume), train and finish the runs of `seeds` together.
+
+    `progress` (updated in place) tells the caller how far a run that raised got."""
+    task = build_task(cfg, device, seeds)
+    state, solver = _initial_state(cfg, task, seeds, device)
+    progress = new_progress(seeds) if progress is None else progress
+    if saver is not None:
+        loaded = saver.load(device)
+        if loaded is not None and same_structure(loaded[0], state):
+            state = loaded[0]
+            vars(progress).update(vars(loaded[1]))
+    state = _train(cfg, task, solver, state, progress, saver, device)
+    ok = [run for run in range(len(seeds)) if run not in progress.diverged]
+    final = task.final_metrics(state["u"], state["v"], ok, dirs)
+    return Outcome(task, state, progress, final)
+
+
+def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[dict]:
+    torch.set_default_dtype(DTYPES[cfg.dtype])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    dirs = run_dirs_for(run_dir, seeds)
+    environment = results.environment(device)
+    rows = []
+    for seed, directory in zip(seeds, dirs, strict=True):
+        directory.mkdir(parents=True, exist_ok=True)
+        rows.append(
+            results.new_row(
+                task=cfg.task.name,
+                dataset=None,
+                solver=cfg.solver.name,
+                seed=seed,
+                runs=len(seeds),
+                config_hash=results.config_hash(cfg, seed),
+                group_hash=results.group_hash(cfg),
+                run_dir=str(directory.resolve()),
+                **environment,
+            )
+        )
+    if len(seeds) > 1:  # what Hydra writes for a single run, per run: the report reads it
+        for seed, directory in zip(seeds, dirs, strict=True):
+            _write_run_config(cfg, seed, len(seeds), directory)
+    error: BaseException | None = None
+    saver = Checkpoint.for_run(cfg, results.batch_key(cfg, seeds))
+    progress = new_progress(seeds)
+    try:
+        outcome = execute(cfg, seeds, device, dirs, saver, progress)
+        for run, row in enumerate(rows):
+            row["dataset"] = outcome.task.dataset_name
+            if run in outcome.progress.diverged:
+                row["status"], row["error"] = "diverged", outcome.progress.diverged[run]
+            else:
+                row.update(outcome.metrics(run))
+                row["status"] = "ok"
+    except Exception as err:  # recorded, then re-raised so the process exits non-zero
+        error = err
+        for row in rows:
+            row["status"], row["error"] = "failed", f"{type(err).__name__}: {err}"
+        for directory in dirs:
+            (directory / "error.txt").write_text(traceback.format_exc())
+    peak = _peak_memory_mb(device)
+    for run, (row, directory) in enumerate(zip(rows, dirs, strict=True)):
+        row["runtime_s"] = progress.train_time
+        row["upper_steps"] = _steps_done(progress, run)
+        row["peak_mem_mb"] = peak
+        if progress.curves[run]:
+            pd.DataFrame(progress.curves[run]).to_csv(directory / "curve.csv", index=False)
+        results.write_json(directory / "result.json", row)
+        results.append_row(Path(cfg.results_dir) / "runs.csv", row)
+    if saver is not None:  # the rows are written: nothing left to resume
+        saver.discard()
+    if error is not None:
+        raise error
+    return rows
+
+
+def _final_point(curve: list[dict[str, float]]) -> dict[str, float]:
+    """The task's metrics at the last evaluation (not the step, time or solver diagnostics)."""
+    if not curve:
+        return {}
+    return {
+        k: value
+        for k, value in curve[-1].items()
+        if k not in ("step", "time_s") and not k.startswith("solver_")
+    }
+
+
+def _steps_done(progress: Progress, run: int) -> int:
+    if run in progress.diverged and progress.curves[run]:
+        return int(progress.curves[run][-1]["step"])
+    return progress.step
+
+
+def _write_run_config(cfg, seed: int, runs: int, directory: Path) -> None:
+    own = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    own.seed, own.runs = seed, runs
+    (directory / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(own, directory / ".hydra" / "config.yaml")
+
+
+def _initial_state(cfg, task, seeds, device):
+    """Variables of every run (one generator per seed), the solver and its initial state."""
+    problem = task.problem
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    u, v = (_on_device(x, device) for x in problem.init_variables(generators))
+    cls = solver_class(cfg.solver.name)
+    cls.check_problem(u, v)
+    solver = cls(problem, cfg.solver)
+    stream = {
+        "key": keys.run_keys(seeds, device),
+        "step": torch.zeros(len(seeds), dtype=torch.int64, device=device),
+    }
+    return solver.init(u, v, stream), solver
+
+
+def _on_device(variables, device):
     out = {}
     for name, tensor in variables.items():
         if tensor.device != device:
@@ -60,7 +243,7 @@ def _leaves(variables, device):
                 f"the problem created variable {name!r} on {tensor.device}, but device={device}; "
                 "give your problem's constructor a `device` argument and create tensors there"
             )
-        out[name] = tensor.detach().clone().requires_grad_()
+        out[name] = tensor.detach().clone()
     return out
 
 
@@ -77,130 +260,75 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def _as_floats(info: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in info.items()}
+def freeze(alive: torch.Tensor, new: Any, old: Any) -> Any:
+    """The new state for the runs still alive, the old one for the others ([K] bool `alive`)."""
+    if isinstance(new, dict):
+        return {k: freeze(alive, new[k], old[k]) for k in new}
+    shape = alive.shape + (1,) * (new.dim() - 1)
+    return torch.where(alive.reshape(shape), new, old)
 
 
-def _check_finite(metrics: dict[str, float], u, v) -> None:
-    bad = [k for k, value in metrics.items() if not math.isfinite(value)]
-    if bad or not autodiff.all_finite(u, v):
-        raise Diverged(f"non-finite values ({', '.join(bad) or 'variables'})")
-
-
-def run(cfg: DictConfig, run_dir: Path, job_num: int = 0) -> dict[str, Any]:
-    """Run one experiment and return its result row (also written to disk).
-
-    Config errors raise before any work. Exceptions during the run are recorded as a row with
-    status `failed` and re-raised; non-finite values stop the run with status `diverged`.
-    With checkpoint_every > 0 the run saves its state periodically and resumes from it.
-    `job_num` (a sweep's job number) picks which free GPU to try first (see devices.py).
-    """
-    validate(cfg)
-    with devices.claim(str(cfg.device), job_num) as device:
-        return _run_on(cfg, device, run_dir)
-
-
-def _run_on(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
-    torch.set_default_dtype(DTYPES[cfg.dtype])
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    row = results.new_row(
-        task=cfg.task.name,
-        dataset=None,
-        solver=cfg.solver.name,
-        seed=int(cfg.seed),
-        config_hash=results.config_hash(cfg),
-        group_hash=results.group_hash(cfg),
-        run_dir=str(run_dir.resolve()),
-        **results.environment(device),
-    )
-    curve: list[dict[str, float]] = []
-    state = {"step": 0, "train_time": 0.0}
-    error: BaseException | None = None
-    saver = Checkpoint.for_run(cfg, row["config_hash"])
-    try:
-        generator = seed_everything(int(cfg.seed))
-        task = build_task(cfg, device, generator)
-        row["dataset"] = task.dataset_name
-        u, v = (_leaves(x, device) for x in task.problem.init_variables(generator))
-        solver = solver_class(cfg.solver.name)(task.problem, u, v, cfg.solver, generator)
-        parts = RunParts(u, v, solver, task, generator, curve, state, device)
-        if saver is not None:
-            saver.restore(parts)
-        final = _train(cfg, parts, saver)
-        row.update(final)
-        row.update(_as_floats(task.final_metrics(u, v)))
-        row["status"] = "ok"
-    except Diverged as err:
-        row["status"], row["error"] = "diverged", str(err)
-    except Exception as err:  # recorded, then re-raised so the process exits non-zero
-        row["status"] = "failed"
-        row["error"] = f"{type(err).__name__}: {err}"
-        error = err
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-    row["runtime_s"] = state["train_time"]
-    row["upper_steps"] = state["step"]
-    row["peak_mem_mb"] = _peak_memory_mb(device)
-    if curve:
-        pd.DataFrame(curve).to_csv(run_dir / "curve.csv", index=False)
-    results.write_json(run_dir / "result.json", row)
-    results.append_row(Path(cfg.results_dir) / "runs.csv", row)
-    if saver is not None:  # the row is written: nothing left to resume
-        saver.discard()
-    if error is not None:
-        raise error
-    return row
-
-
-def _train(cfg, parts: RunParts, saver: Checkpoint | None) -> dict[str, float]:
-    """The timed loop, from step 0 or from where a checkpoint left off.
+def _train(cfg, task, solver, state, progress: Progress, saver, device) -> dict:
+    """The timed loop, from step 0 or from where a checkpoint left off; returns the final state.
 
     Evaluation and checkpoint time are excluded from `time_s` and runtime_s. With
     max_train_minutes set, the loop also ends (evaluated, status ok) once that much training time
-    is spent: a fixed compute budget, e.g. to fit a sweep into a machine reservation; the row's
-    upper_steps says how far it got.
+    is spent: a fixed compute budget; the row's upper_steps says how far it got.
     """
-    task, solver, u, v, device = parts.task, parts.solver, parts.u, parts.v, parts.device
-    curve, state = parts.curve, parts.progress
-
-    def record(step):
-        metrics = task.evaluate(u, v)
-        solver_info = {f"solver_{k}": value for k, value in diagnostics.items()}
-        curve.append({"step": step, "time_s": state["train_time"], **metrics, **solver_info})
-        _check_finite(metrics, u, v)
-        progress.set_postfix({k: f"{val:.3g}" for k, val in metrics.items()}, refresh=False)
-        return metrics
-
     budget = cfg.get("max_train_minutes")
     budget_s = math.inf if budget is None else 60.0 * float(budget)
-    diagnostics: dict[str, float] = {}
+    diagnostics: dict[str, torch.Tensor] = {}
+
+    def record(step):
+        """Evaluate (the loop's only host synchronisation), log, freeze diverged runs."""
+        metrics = task.evaluate(state["u"], state["v"])
+        solver_info = {f"solver_{k}": t.tolist() for k, t in diagnostics.items()}
+        finite = autodiff.finite_per_run(state["u"], state["v"]).tolist()
+        for run, point in enumerate(metrics):
+            if run in progress.diverged:
+                continue
+            info = {k: float(values[run]) for k, values in solver_info.items()}
+            progress.curves[run].append(
+                {"step": step, "time_s": progress.train_time, **point, **info}
+            )
+            bad = [k for k, value in point.items() if not math.isfinite(value)]
+            if bad or not finite[run]:
+                progress.diverged[run] = (
+                    f"non-finite values ({', '.join(bad) or 'variables'}) at upper step {step}"
+                )
+        shown = metrics[0] if metrics else {}
+        bar.set_postfix({k: f"{value:.3g}" for k, value in shown.items()}, refresh=False)
+
     show = bool(cfg.progress) and sys.stderr.isatty()
-    progress = tqdm(
-        total=task.total_steps, initial=state["step"], disable=not show, desc=cfg.solver.name
+    bar = tqdm(
+        total=task.total_steps, initial=progress.step, disable=not show, desc=cfg.solver.name
     )
-    with progress:
-        if state["step"] == 0:  # a resumed run has done this and logged step 0 already
+    with bar:
+        if progress.step == 0:  # a resumed run has done this and logged step 0 already
             started = time.perf_counter()
-            task.prepare(u, v)
+            u, v = task.prepare(state["u"], state["v"])
+            state = {**state, "u": u, "v": v}
             _synchronize(device)
-            state["train_time"] += time.perf_counter() - started
+            progress.train_time += time.perf_counter() - started
             record(0)
-        metrics: dict[str, float] = {}
-        for step in range(state["step"] + 1, task.total_steps + 1):
+        for step in range(progress.step + 1, task.total_steps + 1):
+            if len(progress.diverged) == task.runs:
+                break
+            alive = None
+            if progress.diverged:  # known on the host since the last evaluation: no sync
+                alive = torch.tensor(
+                    [run not in progress.diverged for run in range(task.runs)], device=device
+                )
             started = time.perf_counter()
-            info = solver.step()
-            task.after_step(step, u, v)
+            new_state, diagnostics = solver.step(state)
+            state = new_state if alive is None else freeze(alive, new_state, state)
             _synchronize(device)
-            state["train_time"] += time.perf_counter() - started
-            state["step"] = step
-            progress.update()
-            out_of_time = state["train_time"] >= budget_s
+            progress.train_time += time.perf_counter() - started
+            progress.step = step
+            bar.update()
+            out_of_time = progress.train_time >= budget_s
             if step % task.eval_every == 0 or step == task.total_steps or out_of_time:
-                diagnostics = _as_floats(info)
-                metrics = record(step)
+                record(step)
             if out_of_time:
                 log.info(
                     "max_train_minutes=%s spent after %d of %d upper steps",
@@ -210,5 +338,5 @@ def _train(cfg, parts: RunParts, saver: Checkpoint | None) -> dict[str, float]:
                 )
                 break
             if saver is not None and saver.due(step, task.total_steps):
-                saver.save(parts)
-    return metrics
+                saver.save(state, progress)
+    return state

@@ -1,11 +1,7 @@
 """Time per upper step and peak memory of each solver as T and the number of upper variables U grow.
 
-The problem is fixed: learn example weights (the paper's importance-learning shape) for a small
-MLP. u holds U logits; training example i gets weight sigmoid(u[i mod U]), so U changes while
-the data, the network and therefore the cost of one gradient stay the same.
-
-    g(u, v) = sum_i w_i CE(mlp_v(x_i), y_i) / sum_i w_i      (train set, lower level)
-    f(u, v) = mean_j CE(mlp_v(x_j), y_j)                     (validation set, upper level)
+The problem is fixed: bilevel_bench.benchmarks.WeightedMLPProblem (example weights for a small
+MLP; U changes while the cost of one gradient stays the same), one run.
 
 Every configuration runs in a fresh process (forked from the main process before it has computed
 anything), because ru_maxrss is a high-water mark: peak memory is the peak RSS during the steps
@@ -32,10 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from bilevel_bench.problem import BilevelProblem
+from bilevel_bench import keys
+from bilevel_bench.benchmarks import WeightedMLPProblem, solver_config
 from bilevel_bench.results import device_name
 from bilevel_bench.solvers import SOLVERS
 
@@ -61,60 +56,6 @@ SIZES = {"examples": 512, "inputs": 32, "hidden": 64, "classes": 10}
 WIDE_SIZES = {"examples": 2048, "inputs": 128, "hidden": 512, "classes": 10}
 # quick mode keeps the activations large (so RMD's stored iterates show) and the steps few
 QUICK_SIZES = {"examples": 1024, "inputs": 8, "hidden": 64, "classes": 4}
-
-
-class WeightedMLPProblem(BilevelProblem):
-    """Example weighting for a one-hidden-layer MLP; U groups of examples share one weight."""
-
-    name = "weighted_mlp"
-
-    def __init__(self, upper_dim, examples, inputs, hidden, classes, device, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        teacher = torch.randn(inputs, classes, generator=gen)
-
-        def labelled(n):
-            x = torch.randn(n, inputs, generator=gen)
-            return x.to(device), (x @ teacher).argmax(dim=1).to(device)
-
-        self.train, self.val = labelled(examples), labelled(examples)
-        self.group = (torch.arange(examples) % upper_dim).to(device)
-        self.shapes = {
-            "w1": (inputs, hidden),
-            "b1": (hidden,),
-            "w2": (hidden, classes),
-            "b2": (classes,),
-        }
-        self.upper_dim, self.device = upper_dim, device
-
-    def init_variables(self, generator):
-        v = {k: 0.1 * torch.randn(s, generator=generator) for k, s in self.shapes.items()}
-        u = {"logits": torch.zeros(self.upper_dim)}
-        return (
-            {k: t.to(self.device) for k, t in u.items()},
-            {k: t.to(self.device) for k, t in v.items()},
-        )
-
-    @staticmethod
-    def losses(v, data):
-        x, y = data
-        hidden = torch.tanh(x @ v["w1"] + v["b1"])
-        return F.cross_entropy(hidden @ v["w2"] + v["b2"], y, reduction="none")
-
-    def f(self, u, v, batch):
-        return self.losses(v, self.val).mean()
-
-    def g(self, u, v, batch):
-        weights = torch.sigmoid(u["logits"])[self.group]
-        return (weights * self.losses(v, self.train)).sum() / weights.sum()
-
-
-def solver_config(name: str, T: int):
-    """The solver's shipped defaults with T set; ApproxGrad solves with T2 = T as the authors do."""
-    cfg = OmegaConf.load(REPO / "configs" / "solver" / f"{name}.yaml")
-    cfg.T = T
-    if name == "approxgrad":
-        cfg.T2 = T
-    return cfg
 
 
 def _rss_mb() -> float:
@@ -187,11 +128,7 @@ def measure(job: dict) -> dict:
     device = torch.device(job["device"])
     _prime_libraries(device)
     problem = WeightedMLPProblem(job["U"], device=device, **job["sizes"])
-    generator = torch.Generator().manual_seed(0)
-    u, v = (
-        {k: t.clone().requires_grad_() for k, t in x.items()}
-        for x in problem.init_variables(generator)
-    )
+    u, v = problem.init_variables([torch.Generator().manual_seed(0)])
     row = {
         "sweep": job["sweep"],
         "solver": job["solver"],
@@ -203,17 +140,14 @@ def measure(job: dict) -> dict:
     }
     # One ordinary gradient of g first: its persistent first-use allocations (allocator arenas,
     # kernel caches) are the same for every solver and are not what this benchmark compares.
-    problem.g(u, v, None).backward()
-    for tensor in (*u.values(), *v.values()):
-        tensor.grad = None
+    leaves = {k: t.clone().requires_grad_() for k, t in v.items()}
+    problem.g(u, leaves, None).sum().backward()
     probe = MemoryProbe(device)
     if job["sweep"] == "sgd_ratio":
-        return {**row, **_sgd_ratio(problem, u, v, job, device, generator)}
-    solver = SOLVERS[job["solver"]](
-        problem, u, v, solver_config(job["solver"], job["T"]), generator
-    )
+        return {**row, **_sgd_ratio(problem, u, v, job, device)}
+    solver, state = _solver(problem, job["solver"], job["T"], u, v, device)
     probe.start()
-    times = _timed(solver.step, device, job["min_time"], job["max_steps"])
+    times = _timed(stepper(solver, state), device, job["min_time"], job["max_steps"])
     return {
         **row,
         "step_ms": 1000 * statistics.median(times),
@@ -224,27 +158,43 @@ def measure(job: dict) -> dict:
     }
 
 
-def _sgd_ratio(problem, u, v, job, device, generator) -> dict:
+def _solver(problem, name, T, u, v, device):
+    solver = SOLVERS[name](problem, solver_config(name, T))
+    stream = {"key": keys.run_keys([0], device), "step": torch.zeros(1, dtype=torch.int64)}
+    return solver, solver.init(u, v, {k: t.to(device) for k, t in stream.items()})
+
+
+def stepper(solver, state):
+    """A function of no arguments taking one upper step (the state carried between calls)."""
+    box = [state]
+
+    def step():
+        box[0], _ = solver.step(box[0])
+
+    return step
+
+
+def _sgd_ratio(problem, u, v, job, device) -> dict:
     """One penalty upper step (T=1) against one plain SGD step on g, same model and batch.
 
     The two alternate step by step in one process, so both see the same machine load and the
     same number of samples; each is the fastest of its calls, because on a shared machine other
     processes only ever add time (and interrupt a long step more often than a short one).
     """
-    penalty = SOLVERS["penalty"](problem, u, v, solver_config("penalty", 1), generator)
-    sgd = torch.optim.SGD(list(v.values()), lr=0.01)
-    fixed_u = {k: t.detach() for k, t in u.items()}
+    penalty = stepper(*_solver(problem, "penalty", 1, u, v, device))
+    leaves = {k: t.clone().requires_grad_() for k, t in v.items()}
+    sgd = torch.optim.SGD(list(leaves.values()), lr=0.01)
 
     def sgd_step():
         sgd.zero_grad(set_to_none=True)
-        problem.g(fixed_u, v, None).backward()
+        problem.g(u, leaves, None).sum().backward()
         sgd.step()
 
     penalty_s, sgd_s = [], []
     while len(penalty_s) < 5 or (
         sum(penalty_s) < 2 * job["min_time"] and len(penalty_s) < RATIO_PAIRS
     ):
-        penalty_s += _timed(penalty.step, device, 0.0, 1, warm_up=not penalty_s)
+        penalty_s += _timed(penalty, device, 0.0, 1, warm_up=not penalty_s)
         sgd_s += _timed(sgd_step, device, 0.0, 1, warm_up=not sgd_s)
     penalty_ms, sgd_ms = 1000 * min(penalty_s), 1000 * min(sgd_s)
     return {

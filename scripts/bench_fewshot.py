@@ -16,7 +16,6 @@ Writes results/fewshot/bench_fewshot.csv (one row per variant and phase, plus th
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import statistics
 import sys
@@ -27,14 +26,25 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from bilevel_bench import autodiff, runner
+from bilevel_bench import autodiff, keys
 from bilevel_bench.solvers import solver_class
 from bilevel_bench.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
+SEED = 0
+
+
+def first_stream():
+    """The random stream of the one run benchmarked, before its first step."""
+    return {"key": keys.run_keys([SEED]), "step": torch.zeros(1, dtype=torch.int64)}
+
+
+def next_stream(stream):
+    return {**stream, "step": stream["step"] + 1}
 
 
 def build(args):
+    """The config, the task and the initial (u, v) of one run (leading run dimension 1)."""
     overrides = [
         "task=fewshot",
         "dataset=fake_fewshot",
@@ -49,39 +59,42 @@ def build(args):
     ]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    generator = runner.seed_everything(0)
-    task = build_task(cfg, torch.device("cpu"), generator)
-    u, v = (runner._leaves(x, torch.device("cpu")) for x in task.problem.init_variables(generator))
+    task = build_task(cfg, torch.device("cpu"), [SEED])
+    u, v = task.problem.init_variables([torch.Generator().manual_seed(SEED)])
     return cfg, task, u, v
 
 
 class LoopPenalty:
-    """The same penalty meta-iteration with one head (and one Adam) per task, looped."""
+    """The same penalty meta-iteration with one head (and one torch.optim.Adam) per task, looped.
+
+    Heads are slices [1, 1, ...] of the batched ones (run 0, task b), so the problem's loss and
+    encoder serve both variants unchanged."""
 
     def __init__(self, problem, u, v, cfg):
-        self.problem, self.u, self.cfg = problem, u, cfg
-        n_tasks = v["weight"].shape[0]
+        self.problem, self.cfg = problem, cfg
+        self.u = autodiff.leaves(u)
         self.heads = [
-            {k: t[b : b + 1].detach().clone().requires_grad_() for k, t in v.items()}
-            for b in range(n_tasks)
+            {k: t[:, b : b + 1].detach().clone().requires_grad_() for k, t in v.items()}
+            for b in range(v["weight"].shape[1])
         ]
         self.opt_v = [torch.optim.Adam(list(h.values()), lr=float(cfg.lr_v)) for h in self.heads]
-        self.opt_u = torch.optim.Adam(list(u.values()), lr=float(cfg.lr_u))
+        self.opt_u = torch.optim.Adam(list(self.u.values()), lr=float(cfg.lr_u))
         self.nu = [
             {k: torch.full_like(t, float(cfg.nu0)) for k, t in h.items()} for h in self.heads
         ]
         self.gamma, self.lam = float(cfg.gamma0), float(cfg.lam0)
 
     def _task_terms(self, b, support, query, upper, lower):
-        n_tasks, head = len(self.heads), self.heads[b]
-        loss = self.problem.loss
-        f = loss(query[b : b + 1], head, upper.labels[b : b + 1]) / n_tasks
-        g = loss(support[b : b + 1], head, lower.labels[b : b + 1]) / n_tasks
+        """(task b's share of h_upper, of g): each task's loss over the meta-batch size, so the
+        tasks' terms sum to the batched objective."""
+        n_tasks, head, loss = len(self.heads), self.heads[b], self.problem.loss
+        f = loss(query[:, b : b + 1], head, upper.labels[:, b : b + 1]) / n_tasks
+        g = loss(support[:, b : b + 1], head, lower.labels[:, b : b + 1]) / n_tasks
         gv = autodiff.grad(g, head, create_graph=True)
         return f + autodiff.dot(self.nu[b], gv) + 0.5 * self.gamma * autodiff.norm_sq(gv), g
 
-    def step(self, generator, lower_only=False):
-        upper, lower = self.problem.sample_batches(generator)
+    def step(self, stream, lower_only=False):
+        upper, lower = self.problem.sample_batches(stream)
         fixed_u = autodiff.detached(self.u)
         support = self.problem.features(fixed_u, lower.images)
         query = self.problem.features(fixed_u, upper.images)
@@ -102,41 +115,79 @@ class LoopPenalty:
         for k, t in autodiff.grad(total, self.u).items():
             self.u[k].grad = t
         self.opt_u.step()
+        self._reset_heads(next_stream(stream))
+
+    def _reset_heads(self, stream):
+        """The problem's fresh heads for the next meta-iteration (Adam's state kept), as the
+        solver gets them from problem.after_step."""
+        stacked = {k: torch.cat([h[k] for h in self.heads], dim=1) for k in self.heads[0]}
+        _, fresh = self.problem.after_step(self.u, autodiff.detached(stacked), stream)
+        with torch.no_grad():
+            for b, head in enumerate(self.heads):
+                for k, t in head.items():
+                    t.copy_(fresh[k][:, b : b + 1])
+
+
+class BatchedPenalty:
+    """The shipped penalty solver, driven like LoopPenalty: `step(stream, lower_only)`."""
+
+    def __init__(self, solver, state):
+        self.solver, self.state = solver, state
+
+    def step(self, stream, lower_only=False):
+        state = {**self.state, "stream": stream}
+        if lower_only:
+            self._lower_phase(state)
+        else:
+            self.state, _ = self.solver.step(state)
+
+    def _lower_phase(self, state):
+        """The solver's lower phase alone: bind with u detached, T penalised steps on v."""
+        solver = self.solver
+        bound = solver.bind_fixed_u(state, *solver.problem.sample_batches(state["stream"]))
+        for _ in range(solver.T):
+            v = autodiff.leaves(state["v"])
+            value, _, g, _ = solver._penalised(state, bound, v)
+            state = solver.step_v(state, autodiff.grad(value + state["lam"].to(g.dtype) * g, v))
+
+    @property
+    def u(self):
+        return self.state["u"]
 
 
 def make_pair(args):
     """The shipped penalty solver and the loop version, from the same start."""
     cfg, task, u, v = build(args)
-    generator = torch.Generator().manual_seed(1)
-    penalty = solver_class("penalty")(task.problem, u, v, cfg.solver, generator)
-    loop_u = {k: t.detach().clone().requires_grad_() for k, t in u.items()}
-    loop = LoopPenalty(task.problem, loop_u, copy.deepcopy(autodiff.detached(v)), cfg.solver)
-    return penalty, loop, task
+    solver = solver_class("penalty")(task.problem, cfg.solver)
+    batched = BatchedPenalty(solver, solver.init(u, v, first_stream()))
+    return batched, LoopPenalty(task.problem, u, v, cfg.solver)
 
 
 def same_step_max_diff(args) -> float:
     """One meta-iteration of each from the same start on the same episodes, in float64.
 
-    float64 because Adam's first step is about lr * sign(gradient): coordinates whose exact
-    gradient is zero (conv biases before BatchNorm) would otherwise differ by float32 noise.
+    float64 because Adam's first step is about lr * sign(gradient): coordinates whose gradient
+    is tiny would otherwise differ by float32 noise.
     """
     torch.set_default_dtype(torch.float64)
     try:
-        penalty, loop, _ = make_pair(args)
-        penalty.step()
-        loop.step(torch.Generator().manual_seed(1))
-        return max(float((penalty.u[k] - loop.u[k]).detach().abs().max()) for k in loop.u)
+        batched, loop = make_pair(args)
+        for variant in (batched, loop):
+            variant.step(first_stream())
+        return max(float((batched.u[k] - loop.u[k]).detach().abs().max()) for k in loop.u)
     finally:
         torch.set_default_dtype(torch.float32)
 
 
-def median_seconds(step, repeats):
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
+def median_seconds(variant, lower_only: bool, repeats: int) -> float:
+    """Median time of `repeats` steps (after a warm-up), each on the next meta-iteration."""
+    stream, times = first_stream(), []
+    for repeat in range(repeats + 1):
         started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
+        variant.step(stream, lower_only)
+        if repeat > 0:  # the first is the warm-up
+            times.append(time.perf_counter() - started)
+        stream = next_stream(stream)
     return statistics.median(times)
 
 
@@ -154,23 +205,12 @@ def main(argv=None):
 
     max_diff = same_step_max_diff(args)
     print(f"max |u_batched - u_loop| after one float64 meta-iteration: {max_diff:.2e}")
-    penalty, loop, task = make_pair(args)
-    generator = torch.Generator().manual_seed(2)
-    penalty.generator = generator
+    variants = dict(zip(("batched", "loop"), make_pair(args), strict=True))
     timings = {
-        ("batched", "meta_iteration"): median_seconds(penalty.step, args.repeats),
-        ("loop", "meta_iteration"): median_seconds(lambda: loop.step(generator), args.repeats),
-        ("loop", "lower_phase"): median_seconds(lambda: loop.step(generator, True), args.repeats),
+        (name, phase): median_seconds(variant, phase == "lower_phase", args.repeats)
+        for phase in ("meta_iteration", "lower_phase")
+        for name, variant in variants.items()
     }
-
-    def batched_lower():  # the solver's lower phase alone: bind detached, T penalised steps
-        upper, lower = task.problem.sample_batches(generator)
-        bound = penalty.bind_fixed_u(upper, lower)
-        for _ in range(penalty.T):
-            value, _, g, _ = penalty._penalised(bound, penalty.v)
-            penalty.apply_v(autodiff.grad(value + penalty.lam * g, penalty.v))
-
-    timings[("batched", "lower_phase")] = median_seconds(batched_lower, args.repeats)
     rows = []
     for (variant, phase), seconds in timings.items():
         rows.append(

@@ -21,9 +21,8 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from bilevel_bench import autodiff, devices, runner
+from bilevel_bench import devices, runner
 from bilevel_bench.results import device_name
-from bilevel_bench.solvers import solver_class
 from bilevel_bench.tasks import build_task
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -43,10 +42,9 @@ def _setup(model, solver, T, batch, device, T2=None):
     ] + ([f"solver.T2={T2}"] if T2 is not None else [])  # fmt: skip
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    generator = runner.seed_everything(0)
-    task = build_task(cfg, device, generator)
-    u, v = (runner._leaves(x, device) for x in task.problem.init_variables(generator))
-    return cfg, task, u, v, generator
+    task = build_task(cfg, device, [0])
+    state, solver = runner._initial_state(cfg, task, [0], device)
+    return task, state, solver
 
 
 def _timed(fn, repeats, device):
@@ -59,16 +57,28 @@ def _timed(fn, repeats, device):
     return (time.perf_counter() - started) / repeats
 
 
-def plain_sgd_step(task, u, v, generator):
+def plain_sgd_step(task, state):
+    """One torch.optim.SGD step on g for the same network and batch size (the reference)."""
+    v = {k: t.clone().requires_grad_() for k, t in state["v"].items()}
     optimizer = torch.optim.SGD(list(v.values()), lr=1e-3)
-    problem = task.problem
+    problem, stream = task.problem, state["stream"]
 
     def step():
-        upper, lower = problem.sample_batches(generator)
-        loss = problem.bind(autodiff.detached(u), upper, lower).g(v)
+        upper, lower = problem.sample_batches(stream)
+        loss = problem.bind(state["u"], upper, lower).g(v)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         optimizer.step()
+
+    return step
+
+
+def solver_step(solver, state):
+    """One upper step of the solver (its state carried from call to call)."""
+    box = [state]
+
+    def step():
+        box[0], _ = solver.step(box[0])
 
     return step
 
@@ -97,17 +107,16 @@ def measure(models, batch, repeats, device) -> pd.DataFrame:
         for solver in SOLVERS:
             # the SGD reference is re-timed next to each solver: on a shared or throttling CPU
             # one reference for the whole run drifts by tens of percent
-            _, task, u, v, generator = _setup(model, "penalty", 1, batch, device)
-            sgd = _timed(plain_sgd_step(task, u, v, generator), repeats, device)
+            task, state, _ = _setup(model, "penalty", 1, batch, device)
+            sgd = _timed(plain_sgd_step(task, state), repeats, device)
             solve_steps = solver == "approxgrad"
             settings = [(SHORT, SHORT), (LONG, SHORT)] + ([(SHORT, LONG)] if solve_steps else [])
             upper = {}
             for T, T2 in settings:
-                cfg, task, u, v, generator = _setup(
+                task, state, instance = _setup(
                     model, solver, T, batch, device, T2 if solve_steps else None
                 )
-                instance = solver_class(solver)(task.problem, u, v, cfg.solver, generator)
-                upper[T, T2] = _timed(instance.step, repeats, device)
+                upper[T, T2] = _timed(solver_step(instance, state), repeats, device)
             base = upper[SHORT, SHORT]
             inner = (upper[LONG, SHORT] - base) / (LONG - SHORT)
             solve = (upper[SHORT, LONG] - base) / (LONG - SHORT) if solve_steps else 0.0

@@ -33,19 +33,21 @@ def main() -> None:
     pools = poison_sets.mnist_pools(args.data_root, download=False)
     sizes = OmegaConf.create({"train": 1000, "val": 1000, "test": 8000})
     split = poison_sets.untargeted_split(pools, sizes, torch.Generator().manual_seed(0))
+    # one run (a leading run dimension of 1), as the task retrains each run
+    train = (pools.images[split.train][None], pools.labels[split.train][None])
+    x_test, y_test = pools.images[split.test][None], pools.labels[split.test][None]
     model = SoftmaxRegression(784, 10, bias=False, weight_decay=0.0025)
     rows = []
     for steps, lr in BUDGETS:
-        start = model.init(torch.Generator().manual_seed(1))
+        start = model.init([torch.Generator().manual_seed(1)])
         began = time.perf_counter()
-        v = model.fit(split.x_train, split.y_train, TrainingBudget(steps, lr), start)
+        v = model.fit(start, TrainingBudget(steps, lr), [train])
         rows.append(
             {
                 "steps": steps,
                 "lr": lr,
-                "train_loss": float(model.loss(v, split.x_train, split.y_train)),
-                "test_acc": 100
-                * float((model.predict(v, split.x_test) == split.y_test).float().mean()),
+                "train_loss": float(model.loss(v, [train])[0]),
+                "test_acc": 100 * float((model.predict(v, x_test) == y_test).float().mean()),
                 "time_s": time.perf_counter() - began,
             }
         )

@@ -24,5 +24,7 @@ TINY = [
 
 
 def run(tmp_path: Path, overrides, name="run"):
+    """The row of a single run."""
     cfg = compose_config(*overrides, f"results_dir={tmp_path / 'results'}")
-    return runner.run(cfg, tmp_path / name)
+    (row,) = runner.run(cfg, tmp_path / name)
+    return row

@@ -8,7 +8,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from bilevel_bench import keys
 from bilevel_bench.cli import config_dir
+from bilevel_bench.problem import batched
 from bilevel_bench.solvers import SOLVERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,21 +23,41 @@ def compose_config(*overrides: str):
 
 
 def solver_config(name: str, **params):
-    """The solver's shipped defaults (configs/solver/NAME.yaml) with `params` on top."""
+    """The solver's defaults for the default task (declared + tuned) with `params` on top."""
     cfg = compose_config(f"solver={name}").solver
     return OmegaConf.merge(cfg, params)
 
 
-def run_solver(problem, name: str, steps: int, seed: int = 0, u=None, v=None, **params):
-    """Run `steps` upper steps of a solver on a problem; returns (u, v, solver)."""
-    generator = torch.Generator().manual_seed(seed)
-    u0, v0 = problem.init_variables(generator)
-    u = {k: t.detach().clone().requires_grad_() for k, t in (u or u0).items()}
-    v = {k: t.detach().clone().requires_grad_() for k, t in (v or v0).items()}
+def stream(seeds, device="cpu"):
+    return {
+        "key": keys.run_keys(list(seeds), device),
+        "step": torch.zeros(len(seeds), dtype=torch.int64, device=device),
+    }
+
+
+def make_solver(problem, name: str, seeds=(0,), u=None, v=None, **params):
+    """(solver, initial state) for a problem (one-run or batched) and the given seeds.
+
+    u / v: one run's variables to start every run from (default: the problem's own init)."""
+    problem = batched(problem)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    u0, v0 = problem.init_variables(generators)
+    if u is not None:
+        u0 = {k: t.detach().clone().expand(len(seeds), *t.shape).clone() for k, t in u.items()}
+    if v is not None:
+        v0 = {k: t.detach().clone().expand(len(seeds), *t.shape).clone() for k, t in v.items()}
     cfg = solver_config(name, **params)
     cls = SOLVERS[name]
     cls.validate(cfg)
-    solver = cls(problem, u, v, cfg, generator)
+    cls.check_problem(u0, v0)
+    solver = cls(problem, cfg)
+    return solver, solver.init(u0, v0, stream(seeds, next(iter(v0.values())).device))
+
+
+def run_solver(problem, name: str, steps: int, seed: int = 0, u=None, v=None, **params):
+    """Run `steps` upper steps of one run; returns (u, v, state) with u, v of that run."""
+    solver, state = make_solver(problem, name, (seed,), u, v, **params)
     for _ in range(steps):
-        solver.step()
-    return u, v, solver
+        state, _ = solver.step(state)
+    first = lambda d: {k: t[0] for k, t in d.items()}  # noqa: E731
+    return first(state["u"]), first(state["v"]), state

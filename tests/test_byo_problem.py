@@ -11,6 +11,7 @@ import pytest
 from solver_harness import REPO, compose_config
 
 from bilevel_bench import runner
+from bilevel_bench.checks import ConfigError
 
 EXAMPLE = REPO / "examples" / "ridge_hyperparameter.py"
 TARGET = "task.problem._target_=ridge_hyperparameter.RidgeHyperparameter"
@@ -31,7 +32,7 @@ def test_every_solver_learns_the_ridge_penalty(tmp_path, monkeypatch, solver):
         "+task.problem.n_features=20",
         f"results_dir={tmp_path}",
     )
-    row = runner.run(cfg, tmp_path / "run")
+    (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "ok" and row["dataset"] == "ridge"
     curve = pd.read_csv(tmp_path / "run" / "curve.csv")
     # validation loss of the lower-level fit falls by an order of magnitude from w = 0
@@ -61,8 +62,26 @@ def test_example_runs_from_the_command_line(tmp_path):
 
 
 def test_a_bad_target_names_the_key(tmp_path):
-    from bilevel_bench.checks import ConfigError
-
     cfg = compose_config("task.problem._target_=no_such_module.Problem", f"results_dir={tmp_path}")
     with pytest.raises(ConfigError, match=r"task\.problem\._target_"):
+        runner.run(cfg, tmp_path / "run")
+
+
+def test_a_one_run_problem_runs_as_a_batch_of_seeds(tmp_path, monkeypatch):
+    """The example is written for one run; runs=3 computes seeds 0, 1, 2 at once (vmapped) and
+    each equals the single run of its seed."""
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    common = [TARGET, "solver=approxgrad", "task.iters=20", "dtype=float64"]
+    batch = runner.run(compose_config(*common, "runs=3", f"results_dir={tmp_path}"), tmp_path / "b")
+    alone = runner.run(compose_config(*common, "seed=2", f"results_dir={tmp_path}"), tmp_path / "a")
+    assert [row["seed"] for row in batch] == [0, 1, 2]
+    assert batch[2]["upper_loss"] == pytest.approx(alone[0]["upper_loss"], rel=1e-9)
+
+
+def test_a_problem_that_breaks_the_vmap_rule_gets_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    cfg = compose_config(
+        "task.problem._target_=sweep_helpers.ReadsAValue", "task.iters=2", f"results_dir={tmp_path}"
+    )
+    with pytest.raises(ConfigError, match=r"ReadsAValue\.g cannot run several runs at once.*item"):
         runner.run(cfg, tmp_path / "run")

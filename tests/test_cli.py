@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
-from solver_harness import compose_config, solver_config
+from solver_harness import compose_config, make_solver
 
 from bilevel_bench import results, runner
 from bilevel_bench.checks import ConfigError
@@ -54,7 +54,7 @@ def test_every_solver_runs_every_synthetic_problem(tmp_path, solver, problem):
         f"results_dir={tmp_path}",
         "device=cpu",
     )
-    row = runner.run(cfg, tmp_path / "run")
+    (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "ok", row["error"]
     (stored,) = read_runs(tmp_path)
     assert stored["solver"] == solver and stored["dataset"] == problem
@@ -78,8 +78,9 @@ def test_default_command_runs_synthetic_and_says_where_results_went(tmp_path):
 
 
 def test_hydra_help_cfg_and_unknown_option(tmp_path):
-    shown = cli("--cfg", "job", "solver=rmd", cwd=tmp_path)
+    shown = cli("--cfg", "job", "--resolve", "solver=rmd", cwd=tmp_path)
     assert shown.returncode == 0 and "truncate: 0" in shown.stdout
+    assert "lr_v: 0.02" in shown.stdout  # configs/tuned/synthetic.yaml's value, not the default
     helped = cli("--help", cwd=tmp_path)
     assert helped.returncode == 0 and "solver: " in helped.stdout and "approxgrad" in helped.stdout
     unknown = cli("solver=newton", cwd=tmp_path)
@@ -138,7 +139,7 @@ def test_diverged_run_leaves_a_row_that_says_so(tmp_path):
         "task.eval_every=5",
         f"results_dir={tmp_path}",
     )
-    row = runner.run(cfg, tmp_path / "run")
+    (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "diverged" and "non-finite" in row["error"]
     assert read_runs(tmp_path)[0]["status"] == "diverged"
 
@@ -162,19 +163,17 @@ def test_crashed_run_leaves_a_failed_row_and_raises(tmp_path, monkeypatch):
 def test_projections_keep_variables_in_the_box(solver):
     """smd20's lower solution v = 1 - u lies outside the box [-0.2, 0.2]: steps push against it."""
     problem = SMD20(dim=4, box=0.2)
-    generator = torch.Generator().manual_seed(0)
     u, v = (
-        {k: t.clamp(-0.2, 0.2).requires_grad_() for k, t in x.items()}
-        for x in problem.init_variables(generator)
+        {k: t[0].clamp(-0.2, 0.2) for k, t in x.items()}
+        for x in problem.init_variables([torch.Generator().manual_seed(0)])
     )
-    cfg = solver_config(solver, lr_u=1.0, lr_v=0.4, T=3)
-    instance = SOLVERS[solver](problem, u, v, cfg, generator)
+    instance, state = make_solver(problem, solver, u=u, v=v, lr_u=1.0, lr_v=0.4, T=3)
     for _ in range(5):
-        instance.step()
-        for tensor in (u["u"], v["v"]):
+        state, _ = instance.step(state)
+        for tensor in (state["u"]["u"], state["v"]["v"]):
             assert tensor.abs().max() <= 0.2
     # v* = 1 - u >= 0.8 lies outside the box: the constraint was active, so this can fail
-    assert float(v["v"].max()) == pytest.approx(0.2)
+    assert float(state["v"]["v"].max()) == pytest.approx(0.2)
 
 
 def test_time_budget_stops_an_evaluated_run_early(tmp_path):
@@ -182,12 +181,14 @@ def test_time_budget_stops_an_evaluated_run_early(tmp_path):
     cfg = compose_config(
         "task.iters=200", "task.eval_every=50", "max_train_minutes=1e-9", f"results_dir={tmp_path}"
     )
-    row = runner.run(cfg, tmp_path / "run")
+    (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "ok" and row["upper_steps"] == 1
     curve = pd.read_csv(tmp_path / "run" / "curve.csv")
     assert list(curve["step"]) == [0, 1]
     assert row["upper_error"] == curve["upper_error"].iloc[-1]
-    full = runner.run(compose_config("task.iters=200", f"results_dir={tmp_path}"), tmp_path / "f")
+    (full,) = runner.run(
+        compose_config("task.iters=200", f"results_dir={tmp_path}"), tmp_path / "f"
+    )
     assert full["upper_steps"] == 200 and full["config_hash"] != row["config_hash"]
 
 
@@ -205,12 +206,12 @@ def test_seeded_runs_repeat_exactly(tmp_path):
     rows = [
         runner.run(
             compose_config("task.iters=30", f"results_dir={tmp_path}/{i}"), tmp_path / f"{i}"
-        )
+        )[0]
         for i in range(2)
     ]
     assert rows[0]["upper_error"] == rows[1]["upper_error"]
     assert rows[0]["config_hash"] == rows[1]["config_hash"]
-    other_seed = runner.run(
+    (other_seed,) = runner.run(
         compose_config("task.iters=30", "seed=1", f"results_dir={tmp_path}/s"), tmp_path / "s"
     )
     assert other_seed["group_hash"] == rows[0]["group_hash"]
@@ -221,7 +222,7 @@ def test_seeded_runs_repeat_exactly(tmp_path):
 def test_float64_runs_in_float64(tmp_path):
     cfg = compose_config("dtype=float64", "task.iters=2", f"results_dir={tmp_path}")
     try:
-        assert runner.run(cfg, tmp_path / "run")["status"] == "ok"
+        assert runner.run(cfg, tmp_path / "run")[0]["status"] == "ok"
         assert torch.get_default_dtype() == torch.float64
     finally:
         torch.set_default_dtype(torch.float32)

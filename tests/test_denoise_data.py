@@ -107,10 +107,15 @@ def test_cifar10_reads_python_pickles_in_hwc_order(tmp_path):
 def test_cifar10_sets_split_and_reach_the_model_layout(tmp_path):
     _cifar_folder(tmp_path)
     cfg = OmegaConf.create({"name": "cifar10", "n_classes": 10, "val_size": 10, "train_size": None})
-    sets = load_image_sets(cfg, str(tmp_path), False, torch.Generator().manual_seed(0), "cpu")
-    assert sets.train_x.shape == (30, 3, 32, 32) and sets.val_x.shape == (10, 3, 32, 32)
-    assert sets.test_x.shape == (8, 3, 32, 32) and 0 <= float(sets.train_x.min())
-    assert float(sets.train_x.max()) <= 1
+    generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+    sets = load_image_sets(cfg, str(tmp_path), False, generators, "cpu")
+    assert sets.images.shape == (40, 3, 32, 32)  # one copy of the images for both runs
+    assert sets.train_index.shape == (2, 30) and sets.val_index.shape == (2, 10)
+    for train, val in zip(sets.train_index, sets.val_index, strict=True):
+        assert len(set(train.tolist()) | set(val.tolist())) == 40  # a split: disjoint, complete
+    assert not torch.equal(sets.val_index[0], sets.val_index[1])  # each seed its own split
+    assert sets.test_x.shape == (8, 3, 32, 32) and 0 <= float(sets.images.min())
+    assert float(sets.images.max()) <= 1
 
 
 def test_cifar10_missing_and_corrupt_errors(tmp_path):
@@ -147,9 +152,9 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
         {"name": "svhn", "n_classes": 10, "val_size": 10, "train_size": None,
          "balanced_val": True, "greyscale": True}
     )  # fmt: skip
-    sets = load_image_sets(cfg, str(tmp_path), False, torch.Generator().manual_seed(0), "cpu")
-    assert sets.val_x.shape == (10, 1, 32, 32)
-    assert sorted(sets.val_y.tolist()) == list(range(10))  # balanced: one per class
+    sets = load_image_sets(cfg, str(tmp_path), False, [torch.Generator().manual_seed(0)], "cpu")
+    assert sets.images.shape == (20, 1, 32, 32) and sets.val_index.shape == (1, 10)
+    assert sorted(sets.labels[sets.val_index[0]].tolist()) == list(range(10))  # balanced
 
 
 def test_svhn_missing_and_corrupt_errors(tmp_path):

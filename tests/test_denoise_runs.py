@@ -12,6 +12,7 @@ import torch
 from denoise_helpers import TINY, run
 from solver_harness import SHARED_DATA, compose_config
 
+from bilevel_bench import keys, runner
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.solvers import SOLVERS
 from bilevel_bench.tasks import build_task
@@ -33,7 +34,8 @@ def test_every_bilevel_solver_learns_weights_on_fake(tmp_path, solver):
 
 @pytest.mark.parametrize("fit_on", ["noisy", "val", "noisy+val", "clean", "clean+val"])
 def test_erm_baselines_train_on_the_chosen_data(tmp_path, fit_on):
-    row = run(tmp_path, [*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.epochs=3"])
+    overrides = [*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.epochs=3", "solver.lr_v=0.02"]
+    row = run(tmp_path, overrides)
     assert row["status"] == "ok", row.get("error")
     assert row["dataset"] == f"fake fit_on={fit_on}"  # keeps the baselines apart in tables
     assert row["test_acc"] > 30  # 10 classes: well above chance after 3 epochs
@@ -46,8 +48,8 @@ def test_clean_training_set_runs_without_detection_metrics(tmp_path):
     assert row.get("weight_auroc") is None  # undefined without noisy examples, not NaN
 
 
-def test_fit_on_is_refused_for_bilevel_solvers(tmp_path):
-    with pytest.raises(ConfigError, match="task.fit_on=val is for the baselines"):
+def test_baselines_are_refused_for_bilevel_solvers(tmp_path):
+    with pytest.raises(ConfigError, match="optimises upper variables, but this problem has none"):
         run(tmp_path, [*TINY, "solver=penalty", "task.fit_on=val"])
 
 
@@ -88,33 +90,47 @@ def test_lazy_adam_moves_only_the_weights_of_the_current_batch(optimizer_u, off_
     """Per-example weights: dense Adam keeps moving examples off-batch on stale momentum;
     solver.optimizer_u=sparse_adam (lazy Adam) moves only the examples in the minibatch."""
     cfg = compose_config(*TINY, "solver=penalty", f"solver.optimizer_u={optimizer_u}",
-                         "task.batch_size=50")  # fmt: skip
-    generator = torch.Generator().manual_seed(0)
-    task = build_task(cfg, torch.device("cpu"), generator)
-    u, v = (
-        {k: t.detach().clone().requires_grad_() for k, t in x.items()}
-        for x in task.problem.init_variables(generator)
-    )
-    solver = SOLVERS["penalty"](task.problem, u, v, cfg.solver, generator)
-    solver.step()  # batch 1: momentum for its 50 examples
-    first = u["logits"].detach().clone()
-    order_before = task.problem._order.clone()
-    solver.step()  # batch 2: a disjoint set of 50 examples (same permutation, next slice)
-    assert torch.equal(task.problem._order, order_before)
-    batch_one = order_before[:50]
-    moved = (u["logits"].detach() - first)[batch_one].abs().max()
+                         "task.batch_size=50", "task.renormalize=false")  # fmt: skip
+    task = build_task(cfg, torch.device("cpu"), [0])
+    state, solver = runner._initial_state(cfg, task, [0], torch.device("cpu"))
+    _, first_batch = task.problem.sample_batches(state["stream"])
+    state, _ = solver.step(state)  # batch 1: momentum for its 50 examples
+    first = state["u"]["logits"].clone()
+    _, second_batch = task.problem.sample_batches(state["stream"])
+    state, _ = solver.step(state)  # batch 2: a disjoint set of 50 examples (same pool pass)
+    batch_one = first_batch.positions[0]
+    assert not set(batch_one.tolist()) & set(second_batch.positions[0].tolist())
+    moved = (state["u"]["logits"] - first)[0, batch_one].abs().max()
     assert bool(moved > 0) is off_batch_moves
+
+
+def test_batches_walk_through_a_fresh_permutation_of_the_pool_each_pass():
+    cfg = compose_config(*TINY, "solver=penalty", "task.batch_size=100")
+    task = build_task(cfg, torch.device("cpu"), [0, 1])
+    problem, pool_size = task.problem, task.problem.pool.index.shape[1]
+    passes = []
+    for first_step in (0, pool_size // 100):
+        seen = []
+        for step in range(first_step, first_step + pool_size // 100):
+            stream = {"key": keys.run_keys([0, 1]), "step": torch.tensor([step, step])}
+            upper, lower = problem.sample_batches(stream)
+            seen.append(lower.positions)
+            assert len(set(upper.positions[0].tolist())) == upper.positions.shape[1]
+        passes.append(torch.cat(seen, 1))
+    for one_pass in passes:  # every example once per pass, in each run
+        assert all(sorted(run.tolist()) == list(range(pool_size)) for run in one_pass)
+    assert not torch.equal(passes[0], passes[1])  # a new order in the next pass
+    assert not torch.equal(passes[0][0], passes[0][1])  # and each run its own order
 
 
 @pytest.mark.parametrize("fit_on", ["clean", "clean+val"])
 def test_oracles_train_on_true_labels_only(fit_on):
     cfg = compose_config(*TINY, "solver=erm", f"task.fit_on={fit_on}", "task.noise=0.5")
-    task = build_task(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
-    problem, data = task.problem, task.problem.data
-    n_clean = int((~task.is_noisy).sum())
-    expected = n_clean + (len(data.val_y) if fit_on == "clean+val" else 0)
-    assert len(problem.pool_y) == expected
-    true_pool_y = data.train_y[~task.is_noisy]
-    if fit_on == "clean+val":
-        true_pool_y = torch.cat([true_pool_y, data.val_y])
-    assert torch.equal(problem.pool_y, true_pool_y)  # no corrupted label reaches the oracle
+    task = build_task(cfg, torch.device("cpu"), [0, 1])
+    pool, data = task.problem.pool, task.problem.data
+    for k in range(2):
+        n_clean = int((~task.is_noisy[k]).sum())
+        expected = n_clean + (data.val_index.shape[1] if fit_on == "clean+val" else 0)
+        assert pool.index.shape[1] == expected
+        # no corrupted label reaches the oracle: every pool label is the image's true label
+        assert torch.equal(pool.labels[k], data.labels[pool.index[k]])

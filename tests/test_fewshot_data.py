@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from bilevel_bench import keys
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.data import miniimagenet, omniglot
 from bilevel_bench.data.episodes import EpisodeSampler
@@ -26,37 +27,63 @@ def _identity_images(n_classes=12, n_examples=10):
 
 
 def _ids(part):
-    pixels = (part.images * 255).round().long()[..., 0, 0, :]  # [tasks, n, 2]
+    pixels = (part.images * 255).round().long()[..., 0, 0, :]  # [..., tasks, n, 2]
     return pixels[..., 0], pixels[..., 1]
+
+
+def _key(*seeds):
+    return keys.run_keys(list(seeds))
 
 
 def test_episodes_have_right_shapes_labels_and_disjoint_shots_and_queries():
     sampler = EpisodeSampler(_identity_images(), ways=4, shots=2, queries=3, split="meta-train")
-    episodes = sampler.sample(5, torch.Generator().manual_seed(0))
-    assert episodes.support.images.shape == (5, 8, 1, 1, 2)
-    assert episodes.query.images.shape == (5, 12, 1, 1, 2)
-    assert episodes.support.labels.tolist()[0] == [0, 0, 1, 1, 2, 2, 3, 3]
+    episodes = sampler.sample(_key(0, 1), 5)  # two runs, five tasks each
+    assert episodes.support.images.shape == (2, 5, 8, 1, 1, 2)
+    assert episodes.query.images.shape == (2, 5, 12, 1, 1, 2)
+    assert episodes.classes.shape == (2, 5, 4) and episodes.task_keys.shape == (2, 5)
+    assert episodes.support.labels.shape == (2, 5, 8)
+    assert episodes.support.labels[1, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     support_class, support_example = _ids(episodes.support)
     query_class, query_example = _ids(episodes.query)
-    for task in range(5):
-        classes = episodes.classes[task]
-        assert len(set(classes.tolist())) == 4  # distinct classes per task
-        # each label maps to the class it was drawn for, in support and query alike
-        assert torch.equal(support_class[task], classes[episodes.support.labels[task]])
-        assert torch.equal(query_class[task], classes[episodes.query.labels[task]])
-        for way in range(4):
-            shots = set(support_example[task][episodes.support.labels[task] == way].tolist())
-            queries = set(query_example[task][episodes.query.labels[task] == way].tolist())
-            assert len(shots) == 2 and len(queries) == 3 and not shots & queries
+    for run in range(2):
+        for task in range(5):
+            classes = episodes.classes[run, task]
+            support_labels = episodes.support.labels[run, task]
+            query_labels = episodes.query.labels[run, task]
+            assert len(set(classes.tolist())) == 4  # distinct classes per task
+            # each label maps to the class it was drawn for, in support and query alike
+            assert torch.equal(support_class[run, task], classes[support_labels])
+            assert torch.equal(query_class[run, task], classes[query_labels])
+            for way in range(4):
+                shots = set(support_example[run, task][support_labels == way].tolist())
+                queries = set(query_example[run, task][query_labels == way].tolist())
+                assert len(shots) == 2 and len(queries) == 3 and not shots & queries
 
 
-def test_episodes_are_reproducible_from_the_generator():
+def test_episodes_are_a_function_of_the_key_alone():
     sampler = EpisodeSampler(_identity_images(), ways=3, shots=1, queries=2, split="meta-train")
-    first = sampler.sample(4, torch.Generator().manual_seed(7))
-    again = sampler.sample(4, torch.Generator().manual_seed(7))
-    other = sampler.sample(4, torch.Generator().manual_seed(8))
+    first, again = sampler.sample(_key(7), 4), sampler.sample(_key(7), 4)
     assert torch.equal(first.query.images, again.query.images)
-    assert not torch.equal(first.classes, other.classes)
+    assert not torch.equal(first.classes, sampler.sample(_key(8), 4).classes)
+    assert not torch.equal(first.classes[0, 0], first.classes[0, 1])  # tasks differ
+
+
+def test_a_run_draws_the_same_episodes_alone_or_in_a_batch():
+    sampler = EpisodeSampler(_identity_images(), ways=3, shots=2, queries=2, split="meta-train")
+    batch = sampler.sample(_key(3, 4, 5), 6)
+    for run, seed in enumerate((3, 4, 5)):
+        alone = sampler.sample(_key(seed), 6)
+        assert torch.equal(batch.support.images[run], alone.support.images[0])
+        assert torch.equal(batch.query.images[run], alone.query.images[0])
+        assert torch.equal(batch.task_keys[run], alone.task_keys[0])
+
+
+def test_episode_i_does_not_depend_on_how_the_episodes_are_chunked():
+    sampler = EpisodeSampler(_identity_images(), ways=3, shots=1, queries=2, split="meta-test")
+    whole = sampler.sample(_key(0, 1), 5)
+    tail = sampler.sample(_key(0, 1), 3, first_task=2)
+    assert torch.equal(whole.query.images[:, 2:], tail.query.images)
+    assert torch.equal(whole.task_keys[:, 2:], tail.task_keys)
 
 
 def test_sampler_rejects_impossible_episodes_naming_the_key():

@@ -1,5 +1,6 @@
-"""End to end through the runner (Hydra-composed configs): every solver on fake_fewshot,
-FMD's refusal at the authors' sizes, and a short real Omniglot run when the data is here."""
+"""End to end through the runner (Hydra-composed configs): every solver on fake_fewshot, the
+meta-test of a run in a batch, FMD's refusal at the authors' sizes, and a short real Omniglot run
+when the data is here."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from fewshot_helpers import TINY, compose_config
 
 from bilevel_bench import runner
 from bilevel_bench.checks import ConfigError
+from bilevel_bench.tasks import build_task
 
 OMNIGLOT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -19,13 +22,31 @@ OMNIGLOT_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 def test_every_solver_runs_fewshot_end_to_end(tmp_path, solver):
     extra = ["solver.T2=2"] if solver == "approxgrad" else []
     cfg = compose_config(*TINY, f"solver={solver}", f"results_dir={tmp_path}", *extra)
-    row = runner.run(cfg, tmp_path / "run")
+    (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "ok" and row["dataset"] == "fake_fewshot"
     assert 0 <= row["test_acc"] <= 100 and row["test_acc_ci95"] > 0
     curve = pd.read_csv(tmp_path / "run" / "curve.csv")
     assert curve["step"].tolist() == [0, 2, 3]
     assert {"test_acc", "test_acc_ci95", "test_loss"} <= set(curve.columns)
     assert pd.read_csv(tmp_path / "runs.csv")["test_acc_ci95"].notna().all()
+
+
+def _meta_test(seeds, *overrides):
+    """The meta-test metrics of freshly initialised runs of `seeds`."""
+    cfg = compose_config(*TINY, *overrides)
+    task = build_task(cfg, torch.device("cpu"), seeds)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    return task.evaluate(*task.problem.init_variables(generators))
+
+
+def test_meta_test_of_a_run_is_the_same_alone_or_in_a_batch():
+    batch = _meta_test([3, 4])
+    assert batch == _meta_test([3, 4])  # the same held-out episodes at every evaluation
+    assert batch[0] != batch[1]  # each seed its own episodes and encoder
+    for run, seed in enumerate((3, 4)):
+        (alone,) = _meta_test([seed])
+        assert alone.keys() == {"test_acc", "test_acc_ci95", "test_loss"}
+        assert alone == pytest.approx(batch[run], rel=1e-5)
 
 
 def test_fmd_refuses_the_omniglot_preset_with_its_memory_estimate(tmp_path):
@@ -74,6 +95,6 @@ def test_short_real_omniglot_run_is_well_above_chance(tmp_path):
         "progress=false",
         f"results_dir={tmp_path}",
     )
-    row = runner.run(cfg, tmp_path / "run")
+    (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "ok" and row["dataset"] == "omniglot"
     assert row["test_acc"] > 40  # chance is 20% for 5-way

@@ -35,7 +35,9 @@ def test_wheel_ships_configs_and_runs(tmp_path):
     (wheel,) = wheels.glob("bilevel_bench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "bilevel_bench/configs/config.yaml" in names
-    assert "bilevel_bench/configs/solver/penalty.yaml" in names
+    assert "bilevel_bench/configs/tuned/synthetic.yaml" in names
+    # solvers are discovered modules, their configs generated from their declarations
+    assert "bilevel_bench/solvers/rmd.py" in names
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

@@ -267,3 +267,18 @@ def test_table_and_plot_on_real_runs(real_runs, tmp_path, capsys):
         "plot", real_runs / "multirun", "--x", "step", "--out", tmp_path / "s.png", capsys=capsys
     )
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_runtimes_of_batches_of_different_sizes_are_not_averaged(tmp_path, capsys):
+    csv = write_runs(
+        tmp_path / "runs.csv",
+        [
+            {"solver": "penalty", "runtime_s": 10.0, "runs": 4, "upper_error": 1.0},
+            {"solver": "penalty", "runtime_s": 10.0, "runs": 4, "upper_error": 2.0},
+            {"solver": "penalty", "runtime_s": 3.0, "runs": 1, "upper_error": 3.0},
+        ],
+    )
+    out = report("table", csv, "--metric", "runtime_s", capsys=capsys)
+    assert "10 ± 0 (n=2)" in out and "3 (n=1)" in out  # one row per batch size
+    pooled = report("table", csv, "--metric", "upper_error", capsys=capsys)
+    assert "2 ± 1 (n=3)" in pooled  # what the runs computed does not depend on the batch

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from sweep_helpers import killed_at_the_second_checkpoint
 
 from bilevel_bench import checkpoint, cli, devices, results, runner
 from bilevel_bench.solvers import SOLVERS
@@ -116,30 +117,20 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
 ):
     common = [f"solver={solver}", "dataset=quadratic", "task.iters=12", "task.eval_every=4", *extra]
     common += ["device=cpu", "progress=false"]
-    reference = runner.run(
+    (reference,) = runner.run(
         make_cfg(*common, f"results_dir={tmp_path / 'ref'}"), tmp_path / "ref_run"
     )
     cfg = make_cfg(*common, f"results_dir={tmp_path / 'res'}", "checkpoint_every=5")
-
-    real_save, saved_steps = checkpoint.Checkpoint.save, []
-
-    def save_then_die(self, parts):  # the second checkpoint (step 10) never happens: "killed"
-        if saved_steps:
-            raise KeyboardInterrupt
-        saved_steps.append(parts.progress["step"])
-        real_save(self, parts)
-
-    monkeypatch.setattr(checkpoint.Checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_the_second_checkpoint(monkeypatch) as saved_steps:
         runner.run(cfg, tmp_path / "killed_run")
-    monkeypatch.setattr(checkpoint.Checkpoint, "save", real_save)
+    assert saved_steps == [5]
     (state_file,) = (tmp_path / "res" / "checkpoints").glob("*/state.pt")
-    state = torch.load(state_file, weights_only=True)
-    assert state["step"] == 5 and set(state["rng"]) >= {"torch", "generator", "python_internal"}
+    saved = torch.load(state_file, weights_only=True)
+    assert saved["step"] == 5 and int(saved["state"]["stream"]["step"][0]) == 5
     assert not (tmp_path / "res" / "runs.csv").exists()
 
     with caplog.at_level(logging.INFO, logger="bilevel_bench.checkpoint"):
-        resumed = runner.run(cfg, tmp_path / "resumed_run")
+        (resumed,) = runner.run(cfg, tmp_path / "resumed_run")
     assert "at upper step 5" in caplog.text
     assert metric_columns(resumed) == metric_columns(reference)
     pd.testing.assert_frame_equal(
@@ -171,11 +162,11 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(tmp_path, ca
 
     sys.path.insert(0, str(ROOT / "tests"))  # the re-run happens here, and imports the problem
     try:
-        reference = runner.run(
+        (reference,) = runner.run(
             make_cfg(*args, f"results_dir={tmp_path / 'ref'}"), tmp_path / "ref_run"
         )
         with caplog.at_level(logging.INFO, logger="bilevel_bench.checkpoint"):
-            resumed = runner.run(
+            (resumed,) = runner.run(
                 make_cfg(*args, f"results_dir={tmp_path / 'res'}", "checkpoint_every=5"),
                 tmp_path / "resumed_run",
             )
@@ -191,11 +182,11 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_numbers(tmp_path, ca
 def test_unreadable_checkpoint_is_ignored_with_a_warning(tmp_path, caplog):
     cfg = make_cfg("dataset=quadratic", "task.iters=6", "device=cpu", f"results_dir={tmp_path}")
     cfg.checkpoint_every = 2
-    saver = checkpoint.Checkpoint.for_run(cfg, results.config_hash(cfg))
+    saver = checkpoint.Checkpoint.for_run(cfg, results.batch_key(cfg, [0]))
     saver.path.parent.mkdir(parents=True)
     saver.path.write_bytes(b"not a checkpoint")
     with caplog.at_level(logging.WARNING, logger="bilevel_bench.checkpoint"):
-        row = runner.run(cfg, tmp_path / "run")
+        (row,) = runner.run(cfg, tmp_path / "run")
     assert row["status"] == "ok" and row["upper_steps"] == 6
     assert "ignoring unreadable checkpoint" in caplog.text
 
@@ -276,14 +267,14 @@ def test_submitit_local_sweep_then_rerun_skips_done_jobs(tmp_path, monkeypatch, 
 
 def test_force_reruns_a_done_config(tmp_path):
     cfg = make_cfg("dataset=quadratic", "task.iters=3", "device=cpu", f"results_dir={tmp_path}")
-    assert cli.already_done(cfg) is None
-    row = runner.run(cfg, tmp_path / "run")
-    assert cli.already_done(cfg)["config_hash"] == row["config_hash"]
+    assert cli.already_done(cfg) == []
+    (row,) = runner.run(cfg, tmp_path / "run")
+    assert [done["config_hash"] for done in cli.already_done(cfg)] == [row["config_hash"]]
     cfg.force = True
-    assert cli.already_done(cfg) is None
+    assert cli.already_done(cfg) == []
     cfg.seed = 1  # another config: not done
     cfg.force = False
-    assert cli.already_done(cfg) is None
+    assert cli.already_done(cfg) == []
 
 
 # --- launchers and devices -----------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Few-shot episodes sampled as whole tensors on the data's device.
+"""Few-shot episodes drawn as index tensors into one uint8 image tensor on the data's device.
 
 Every class holds the same number of examples, so a dataset split is one uint8 tensor
-[classes, examples, channels, height, width]. Random numbers come from the CPU generator the
-runner passes (reproducible on any device); only the small index tensors travel to the device.
+[classes, examples, channels, height, width], held once however many runs share it. Episodes
+are a pure function of a key (bilevel_bench.keys), drawn with tensor operations on the device:
+every task of a meta-batch has its own key, derived from the run's key and the task's number.
+So run k of a batch draws the episodes the single run of its seed draws, and episode i of a
+meta-test is the same however the episodes are split into chunks.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ from dataclasses import dataclass
 
 import torch
 
+from bilevel_bench import keys
 from bilevel_bench.checks import ConfigError
+
+# sub-streams of a task's key
+CLASSES_STREAM, EXAMPLES_STREAM = 1, 2
 
 
 @dataclass
 class LabelledImages:
-    """images [tasks, n, channels, height, width] (float in [0, 1]), labels [tasks, n] in 0..ways-1."""
+    """images [..., tasks, n, channels, height, width] (float in [0, 1]), labels
+    [..., tasks, n] in 0..ways-1."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -26,8 +34,11 @@ class LabelledImages:
 class Episodes:
     support: LabelledImages
     query: LabelledImages
-    #: [tasks, ways] dataset class of each way (lets tests check disjointness)
+    #: [..., tasks, ways] dataset class of each way (lets tests check disjointness)
     classes: torch.Tensor
+    #: [..., tasks] each task's key: what else is random about a task (its fresh head) derives
+    #: from it
+    task_keys: torch.Tensor
 
 
 @dataclass
@@ -42,9 +53,10 @@ class FewShotSplits:
         return FewShotSplits(self.name, self.train.to(device), self.test.to(device))
 
 
-def _draw_without_replacement(rows: int, population: int, k: int, generator) -> torch.Tensor:
-    """[rows, k] distinct indices in [0, population) per row: argsort of uniform noise."""
-    return torch.rand(rows, population, generator=generator).argsort(dim=1)[:, :k]
+def task_keys(key: torch.Tensor, n_tasks: int, first_task: int = 0) -> torch.Tensor:
+    """key.shape + (n_tasks,): the keys of tasks first_task .. first_task + n_tasks - 1."""
+    numbers = torch.arange(first_task, first_task + n_tasks, device=key.device)
+    return keys.derive(key.unsqueeze(-1), numbers)
 
 
 class EpisodeSampler:
@@ -64,21 +76,26 @@ class EpisodeSampler:
             )
         self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
 
-    def sample(self, n_tasks: int, generator: torch.Generator) -> Episodes:
+    def sample(self, key: torch.Tensor, n_tasks: int, first_task: int = 0) -> Episodes:
+        """Tasks first_task .. first_task + n_tasks - 1 of every key: key [...] (e.g. [K], one
+        per run) gives episodes with leading dimensions [..., n_tasks]."""
         n_classes, n_examples = self.images.shape[:2]
         per_class = self.shots + self.queries
-        device = self.images.device
-        classes = _draw_without_replacement(n_tasks, n_classes, self.ways, generator)
-        examples = _draw_without_replacement(n_tasks * self.ways, n_examples, per_class, generator)
-        examples = examples.view(n_tasks, self.ways, per_class)
-        classes, examples = classes.to(device), examples.to(device)
-        # [tasks, ways, shots + queries, c, h, w] in one gather
-        picked = self.images[classes[:, :, None], examples]
+        tasks = task_keys(key, n_tasks, first_task)
+        classes = keys.without_replacement(
+            keys.derive(tasks, CLASSES_STREAM), (self.ways,), n_classes
+        )
+        examples = keys.without_replacement(
+            keys.derive(tasks, EXAMPLES_STREAM), (self.ways, per_class), n_examples
+        )
+        # [..., tasks, ways, shots + queries, c, h, w] in one gather from the shared images
+        picked = self.images[classes.unsqueeze(-1), examples]
         picked = picked.to(torch.get_default_dtype()) / 255.0
-        labels = torch.arange(self.ways, device=device).view(1, self.ways, 1)
+        ways = torch.arange(self.ways, device=self.images.device).unsqueeze(-1)
 
         def part(lo, hi):
-            chunk = picked[:, :, lo:hi].flatten(1, 2)
-            return LabelledImages(chunk, labels.expand(n_tasks, -1, hi - lo).flatten(1))
+            images = picked[..., lo:hi, :, :, :].flatten(-5, -4)  # way-major: labels 0, 0, 1, ...
+            labels = ways.expand(self.ways, hi - lo).flatten().expand(*tasks.shape, -1)
+            return LabelledImages(images, labels)
 
-        return Episodes(part(0, self.shots), part(self.shots, per_class), classes)
+        return Episodes(part(0, self.shots), part(self.shots, per_class), classes, tasks)

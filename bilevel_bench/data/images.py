@@ -18,17 +18,22 @@ from bilevel_bench.data.svhn import load_svhn
 
 @dataclass
 class ImageSets:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
+    """One copy of the official training and test images, and each run's train/val split.
+
+    images / labels: the official training set (N, C, H, W floats in [0, 1]); train_index and
+    val_index: [K, n_train] / [K, n_val] rows of it, one split per run (seed)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    train_index: torch.Tensor
+    val_index: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     n_classes: int
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train_x.shape[1:])
+        return tuple(self.images.shape[1:])
 
 
 def _official(cfg: Any, root: str, download: bool):
@@ -52,7 +57,7 @@ LOADERS = ("mnist", "cifar10", "svhn", "fake")
 
 
 def _to_float(images: torch.Tensor, greyscale: bool) -> torch.Tensor:
-    x = images.float() / 255.0
+    x = images.to(torch.get_default_dtype()) / 255.0
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # -> N, C, H, W
     if greyscale and x.shape[1] == 3:  # ITU-R 601 luma, as the authors' SVHN pre-processing
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
@@ -60,32 +65,36 @@ def _to_float(images: torch.Tensor, greyscale: bool) -> torch.Tensor:
 
 
 def load_image_sets(
-    cfg: Any, root: str, download: bool, generator: torch.Generator, device: torch.device
+    cfg: Any, root: str, download: bool, generators: list[torch.Generator], device: torch.device
 ) -> ImageSets:
-    """Official splits, then the seeded train/validation split of the training set."""
+    """Official splits, then each run's seeded train/validation split of the training set."""
     (train_images, train_labels), (test_images, test_labels) = _official(cfg, root, download)
     n_classes = int(cfg.n_classes)
     train_size = cfg.get("train_size")
-    try:
-        train_idx, val_idx = split_train_val(
-            train_labels,
-            int(cfg.val_size),
-            None if train_size is None else int(train_size),
-            bool(cfg.get("balanced_val", False)),
-            n_classes,
-            generator,
-        )
-    except ValueError as err:
-        raise ConfigError(f"dataset.val_size / dataset.train_size for {cfg.name}: {err}") from err
+    splits = []
+    for generator in generators:
+        try:
+            splits.append(
+                split_train_val(
+                    train_labels,
+                    int(cfg.val_size),
+                    None if train_size is None else int(train_size),
+                    bool(cfg.get("balanced_val", False)),
+                    n_classes,
+                    generator,
+                )
+            )
+        except ValueError as err:
+            raise ConfigError(
+                f"dataset.val_size / dataset.train_size for {cfg.name}: {err}"
+            ) from err
     greyscale = bool(cfg.get("greyscale", False))
-    x = _to_float(train_images, greyscale)
-    test_x = _to_float(test_images, greyscale)
     return ImageSets(
-        train_x=x[train_idx].to(device),
-        train_y=train_labels[train_idx].to(device),
-        val_x=x[val_idx].to(device),
-        val_y=train_labels[val_idx].to(device),
-        test_x=test_x.to(device),
+        images=_to_float(train_images, greyscale).to(device),
+        labels=train_labels.to(device),
+        train_index=torch.stack([train for train, _ in splits]).to(device),
+        val_index=torch.stack([val for _, val in splits]).to(device),
+        test_x=_to_float(test_images, greyscale).to(device),
         test_y=test_labels.to(device),
         n_classes=n_classes,
     )

@@ -1,8 +1,10 @@
 """Data for the poisoning attacks (paper.md 3.4): the authors' MNIST splits, initial poisons,
 a generated digit-like stand-in for tests, and Koh & Liang's dog-fish npz (read and generated).
 
-Images are float tensors in [0, 1] flattened to [N, pixels] for the linear attacks; dog-fish
-images stay [N, 3, H, W] in the file's own range (Keras' InceptionV3 scaling, [-1, 1]).
+Digit images are float32 tensors in [0, 1] flattened to [N, pixels]; the official train and test
+pools are stacked into one tensor, and a run's split, poisons and label flips are row indices into
+it (with labels), so that K runs share one copy of the images. Dog-fish images stay
+[N, 3, H, W] in the file's own range (Keras' InceptionV3 scaling, [-1, 1]).
 """
 
 from __future__ import annotations
@@ -27,26 +29,39 @@ DOGFISH_HINT = (
 
 @dataclass
 class DigitPools:
-    """The official train and test pools of a digit dataset, flattened to [N, pixels] in [0, 1]."""
+    """A digit dataset's official train pool (rows [0, train_size)) and test pool (the rest),
+    stacked: images [N, pixels] in [0, 1], labels [N]."""
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    train_size: int
     image_shape: tuple[int, int, int]
     num_classes: int = 10
+
+    @property
+    def test_size(self) -> int:
+        return len(self.labels) - self.train_size
 
 
 @dataclass
 class Split:
-    """Train (lower level), upper set (f), test (evaluation). y_upper may be relabelled."""
+    """One run's sets as rows of the pools: train (lower level), upper set (f), test (evaluation),
+    and the labels f uses for the upper set (the targeted attack relabels it)."""
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_upper: torch.Tensor
-    y_upper: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    train: torch.Tensor
+    upper: torch.Tensor
+    upper_labels: torch.Tensor
+    test: torch.Tensor
+
+
+def _stacked(train_x, train_y, test_x, test_y, image_shape, num_classes=10) -> DigitPools:
+    return DigitPools(
+        torch.cat([train_x, test_x]),
+        torch.cat([train_y, test_y]),
+        len(train_y),
+        image_shape,
+        num_classes,
+    )
 
 
 def mnist_pools(root, download: bool) -> DigitPools:
@@ -56,7 +71,7 @@ def mnist_pools(root, download: bool) -> DigitPools:
     def flat(images):
         return images.reshape(len(images), -1).float() / 255.0
 
-    return DigitPools(flat(train_x), train_y, flat(test_x), test_y, (1, 28, 28))
+    return _stacked(flat(train_x), train_y, flat(test_x), test_y, (1, 28, 28))
 
 
 def fake_digit_pools(
@@ -65,19 +80,22 @@ def fake_digit_pools(
     """Generated MNIST-like pools: one random prototype per class plus pixel noise, in [0, 1].
 
     The noise makes classes overlap, so a linear model is good but not perfect and poisons can
-    hurt it. A fixed `seed` keeps the data identical across runs (the run seed shuffles it).
+    hurt it. A fixed `seed` keeps the data identical across runs (the run seed shuffles it), and
+    float32 draws keep it identical whatever the computation's dtype (as MNIST's pixels are).
     """
     gen = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(num_classes, side * side, generator=gen)
+    prototypes = torch.rand(num_classes, side * side, generator=gen, dtype=torch.float32)
 
     def draw(n):
         labels = torch.randint(num_classes, (n,), generator=gen)
-        images = prototypes[labels] + noise * torch.randn(n, side * side, generator=gen)
-        return images.clamp(0, 1), labels
+        noisy = prototypes[labels] + noise * torch.randn(
+            n, side * side, generator=gen, dtype=torch.float32
+        )
+        return noisy.clamp(0, 1), labels
 
     train_x, train_y = draw(train_size)
     test_x, test_y = draw(test_size)
-    return DigitPools(train_x, train_y, test_x, test_y, (1, side, side), num_classes)
+    return _stacked(train_x, train_y, test_x, test_y, (1, side, side), num_classes)
 
 
 def _check_size(name: str, needed: int, available: int) -> None:
@@ -91,11 +109,10 @@ def _check_size(name: str, needed: int, available: int) -> None:
 def untargeted_split(pools: DigitPools, sizes, generator: torch.Generator) -> Split:
     """The authors' split: shuffle the train pool, then train / val / test slices of it."""
     n_train, n_val, n_test = int(sizes.train), int(sizes.val), int(sizes.test)
-    _check_size("train", n_train + n_val + n_test, len(pools.train_y))
-    order = torch.randperm(len(pools.train_y), generator=generator)
-    parts = torch.split(order[: n_train + n_val + n_test], [n_train, n_val, n_test])
-    x, y = pools.train_x, pools.train_y
-    return Split(*(t for idx in parts for t in (x[idx], y[idx])))
+    _check_size("train", n_train + n_val + n_test, pools.train_size)
+    order = torch.randperm(pools.train_size, generator=generator)
+    train, upper, test = torch.split(order[: n_train + n_val + n_test], [n_train, n_val, n_test])
+    return Split(train, upper, pools.labels[upper], test)
 
 
 def balanced_indices(
@@ -114,24 +131,19 @@ def balanced_indices(
 
 def targeted_split(pools: DigitPools, sizes, source: int, target: int, generator) -> Split:
     """Authors' 8 -> 3 sets: balanced train from the first 2 * train images; upper set = the
-    `source` images of a balanced val set from the rest, relabelled `target`; test = the balanced
-    test set with true labels (the attack's success is measured on its `source` images)."""
+    `source` images of a balanced val set from the rest of the train pool, relabelled `target`;
+    test = a balanced set of the test pool with true labels (the attack's success is measured on
+    its `source` images). Every run's upper set has val // num_classes images."""
     n_train, n_val, n_test = int(sizes.train), int(sizes.val), int(sizes.test)
     k = pools.num_classes
-    head = slice(0, 2 * n_train)
-    train_idx = balanced_indices(pools.train_y[head], n_train, k, generator)
-    rest_x, rest_y = pools.train_x[2 * n_train :], pools.train_y[2 * n_train :]
-    val_idx = balanced_indices(rest_y, n_val, k, generator)
-    val_idx = val_idx[rest_y[val_idx] == source]
-    test_idx = balanced_indices(pools.test_y, n_test, k, generator)
-    return Split(
-        pools.train_x[head][train_idx],
-        pools.train_y[head][train_idx],
-        rest_x[val_idx],
-        torch.full((len(val_idx),), target, dtype=torch.long),
-        pools.test_x[test_idx],
-        pools.test_y[test_idx],
-    )
+    head = 2 * n_train
+    train_labels = pools.labels[: pools.train_size]
+    train = balanced_indices(train_labels[:head], n_train, k, generator)
+    val = head + balanced_indices(train_labels[head:], n_val, k, generator)
+    upper = val[pools.labels[val] == source]
+    test_labels = pools.labels[pools.train_size :]
+    test = pools.train_size + balanced_indices(test_labels, n_test, k, generator)
+    return Split(train, upper, torch.full((len(upper),), target, dtype=torch.long), test)
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator) -> torch.Tensor:
@@ -140,24 +152,25 @@ def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator) -> to
     return (labels + shift) % num_classes
 
 
-def label_flip_poisons(x, y, n: int, num_classes: int, generator):
-    """n random training points (without replacement) with random wrong labels."""
+def label_flip_poisons(y, n: int, num_classes: int, generator):
+    """n random training points (without replacement) with random wrong labels: (their
+    positions in y, the new labels)."""
     _check_size("training", n, len(y))
-    idx = torch.randperm(len(y), generator=generator)[:n]
-    return x[idx].clone(), random_wrong_labels(y[idx], num_classes, generator)
+    positions = torch.randperm(len(y), generator=generator)[:n]
+    return positions, random_wrong_labels(y[positions], num_classes, generator)
 
 
-def swap_poisons(x, y, n: int, source: int, target: int, generator):
+def swap_poisons(y, n: int, source: int, target: int, generator):
     """Authors' targeted initial poisons: n/2 `target` images labelled `source` and n - n/2
-    `source` images labelled `target`, in random order."""
-    parts_x, parts_y = [], []
+    `source` images labelled `target`, in random order: (their positions in y, the labels)."""
+    parts_positions, parts_labels = [], []
     for cls, count, new_label in ((target, n // 2, source), (source, n - n // 2, target)):
         members = torch.nonzero(y == cls).flatten()
         _check_size(f"class-{cls} training", count, len(members))
-        parts_x.append(x[members[torch.randperm(len(members), generator=generator)[:count]]])
-        parts_y.append(torch.full((count,), new_label, dtype=torch.long))
+        parts_positions.append(members[torch.randperm(len(members), generator=generator)[:count]])
+        parts_labels.append(torch.full((count,), new_label, dtype=torch.long))
     order = torch.randperm(n, generator=generator)
-    return torch.cat(parts_x)[order].clone(), torch.cat(parts_y)[order]
+    return torch.cat(parts_positions)[order], torch.cat(parts_labels)[order]
 
 
 # --- dog-fish (clean-label attack) -----------------------------------------------------------

@@ -3,6 +3,11 @@
 BatchNorm always normalises with the statistics of the batch it sees (track_running_stats=False):
 the authors never ran TF's moving-average update ops, so their BN used batch statistics in
 training and at meta-test alike.
+
+A convolution followed by BatchNorm has no bias: the mean subtraction cancels it, so its exact
+gradient is zero and the computed one is rounding noise, which Adam (normalising by the
+gradient's size) would turn into steps of up to lr: a random walk that changes nothing the
+network computes but makes runs differ in their parameters.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, track_running_stats=False)
 
 
+def _conv_before_batch_norm(in_channels: int, channels: int, size: int) -> nn.Conv2d:
+    """A `size` x `size` convolution (padded to keep the image size) whose bias BN would cancel."""
+    return nn.Conv2d(in_channels, channels, size, padding=size // 2, bias=False)
+
+
 class Conv4(nn.Module):
     """4 x [conv 3x3 -> BN -> ReLU (not after the 4th) -> max-pool 2]; 28x28 -> 64 x 1 x 1."""
 
@@ -23,7 +33,7 @@ class Conv4(nn.Module):
         layers: list[nn.Module] = []
         for index in range(4):
             layers += [
-                nn.Conv2d(in_channels if index == 0 else channels, channels, 3, padding=1),
+                _conv_before_batch_norm(in_channels if index == 0 else channels, channels, 3),
                 _batch_norm(channels),
             ]
             if index < 3:
@@ -46,7 +56,7 @@ class ResidualBlock(nn.Module):
         convs: list[nn.Module] = []
         for index in range(3):
             convs += [
-                nn.Conv2d(in_channels if index == 0 else channels, channels, 3, padding=1),
+                _conv_before_batch_norm(in_channels if index == 0 else channels, channels, 3),
                 _batch_norm(channels),
                 nn.LeakyReLU(0.1),
             ]
@@ -71,7 +81,7 @@ class ResNetMini(nn.Module):
             previous = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(
-            nn.Conv2d(previous, hidden, 1),
+            _conv_before_batch_norm(previous, hidden, 1),
             _batch_norm(hidden),
             nn.LeakyReLU(0.1),
             nn.AdaptiveAvgPool2d(1),
@@ -86,12 +96,13 @@ ENCODERS = {"conv4": Conv4, "resnet_mini": ResNetMini}
 
 
 def cosine_logits(features, weight, bias, scale: float, bias_scale: float = 0.001):
-    """The authors' cosine-similarity head, for all tasks at once.
+    """The authors' cosine-similarity head, for all runs and tasks at once.
 
     logits = scale * (x.W + bias_scale * b) / (|[x, bias_scale]| * |[W_col, b]|)
-    features [tasks, n, dim], weight [tasks, dim, ways], bias [tasks, ways] -> [tasks, n, ways].
+    features [..., n, dim], weight [..., dim, ways], bias [..., ways] -> [..., n, ways], the
+    leading dimensions (runs, tasks) matching.
     """
-    numerator = torch.baddbmm(bias_scale * bias[:, None, :], features, weight)
+    numerator = torch.matmul(features, weight) + bias_scale * bias.unsqueeze(-2)
     feature_norm = ((features**2).sum(-1, keepdim=True) + bias_scale**2).sqrt()
-    weight_norm = ((weight**2).sum(1) + bias**2).sqrt()[:, None, :]
+    weight_norm = ((weight**2).sum(-2) + bias**2).sqrt().unsqueeze(-2)
     return scale * numerator / (feature_norm * weight_norm)

@@ -77,5 +77,12 @@ def build_features(name: str, in_channels: int, dim: int, seed: int, download: b
 
 @torch.no_grad()
 def extract(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Features of many images in batches (no graph)."""
-    return torch.cat([model(chunk) for chunk in images.split(batch_size)])
+    """Features of many images in batches (no graph). The images may stay on the CPU: each batch
+    moves to the model's device and dtype, so the full-size images never need device memory."""
+    parameter = next(model.parameters())
+    return torch.cat(
+        [
+            model(chunk.to(device=parameter.device, dtype=parameter.dtype))
+            for chunk in images.split(batch_size)
+        ]
+    )

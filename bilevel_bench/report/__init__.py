@@ -34,6 +34,7 @@ def _default_reference() -> Path:
 
 def _summary(runs, metric, by, mix_devices):
     runs, keys = tables.row_keys(runs, by)
+    runs, keys = tables.split_batches(runs, metric, keys)
     tables.check_devices(runs, metric, keys, mix_devices)
     return runs, tables.summarise(runs, keys, metric)
 
@@ -106,6 +107,7 @@ def cmd_compare(args) -> None:
     both = pd.concat([a, b], ignore_index=True)
     # one set of row keys for both files, so that A and B rows line up
     both, keys = tables.row_keys(both, _keys(args.by), separate=("_side",))
+    both, keys = tables.split_batches(both, metric, keys)
     sides = {s: both[both["_side"] == s] for s in ("A", "B")}
     for side in sides.values():
         tables.check_devices(side, metric, keys, args.mix_devices)

@@ -168,9 +168,15 @@ def distinguishing_keys(runs: pd.DataFrame, cell: list[str]) -> list[str]:
         if any(config is None for config in configs):
             return ["group_hash"]
         for key in set().union(*configs):
-            if key not in NOT_DISTINGUISHING and len({repr(c.get(key)) for c in configs}) > 1:
+            if _distinguishing(key) and len({repr(c.get(key)) for c in configs}) > 1:
                 keys.add(key)
     return sorted(k for k in keys if k not in cell)
+
+
+def _distinguishing(key: str) -> bool:
+    """Whether a (dotted) config key says what was computed: not seed, results_dir, the batch
+    size `runs`, the tuned table (it acts through the solver keys)..."""
+    return key not in NOT_DISTINGUISHING and key.split(".")[0] not in results.NOT_HASHED
 
 
 def find_run_dirs(paths: list[str | Path]) -> pd.DataFrame:

@@ -49,6 +49,22 @@ def _label(value) -> str:
     return str(value)
 
 
+def split_batches(
+    runs: pd.DataFrame, metric: str, keys: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """A cost measured on batches of different sizes (runs=K: runtime_s and peak_mem_mb are the
+    whole batch's) is shown per batch size: `runs` becomes a row key. Rows from before the
+    column existed were single runs."""
+    if metric not in DEVICE_DEPENDENT or "runs" in keys:
+        return runs, keys
+    runs = runs.copy()
+    sizes = pd.to_numeric(runs["runs"], errors="coerce") if "runs" in runs else None
+    runs["runs"] = (sizes.fillna(1) if sizes is not None else 1).astype(int).astype(str)
+    if runs.loc[runs["status"] == "ok", "runs"].nunique() > 1:
+        return runs, [*keys, "runs"]
+    return runs, keys
+
+
 def check_devices(runs: pd.DataFrame, metric: str, keys: list[str], mix: bool) -> None:
     if metric not in DEVICE_DEPENDENT or mix or "device" in keys or "device" not in runs:
         return

@@ -1,25 +1,56 @@
-"""Solver registry: one module per solver; a new solver is one file plus configs/solver/NAME.yaml."""
+"""Solver registry. Every module of this package that defines a Solver subclass is discovered:
+a new solver is one file. Its declared hyper-parameters become the Hydra config `solver=NAME`,
+each default overridable per task by configs/tuned/<task>.yaml and on the command line."""
 
 from __future__ import annotations
 
-from bilevel_bench.checks import ConfigError, names
-from bilevel_bench.solvers.alternating import Alternating
-from bilevel_bench.solvers.approxgrad import ApproxGrad
-from bilevel_bench.solvers.base import Solver
-from bilevel_bench.solvers.erm import ERM
-from bilevel_bench.solvers.fmd import FMD
-from bilevel_bench.solvers.penalty import Penalty
-from bilevel_bench.solvers.rmd import RMD
+import importlib
+import pkgutil
 
-SOLVERS: dict[str, type[Solver]] = {
-    cls.name: cls for cls in (Penalty, ApproxGrad, RMD, FMD, Alternating, ERM)
-}
+from hydra.core.config_store import ConfigStore
+
+from bilevel_bench.checks import ConfigError, names
+from bilevel_bench.solvers.base import Param, Solver
+
+SOLVERS: dict[str, type[Solver]] = {}
+
+
+def _literal(value) -> str:
+    """A declared default as OmegaConf grammar text (the fallback of an oc.select)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def config_node(cls: type[Solver]) -> dict:
+    """The solver's config: each key takes configs/tuned/<task>.yaml's value when there is one,
+    else the declared default (`bilevel-bench --cfg job --resolve` shows the result)."""
+    node = {"name": cls.name}
+    for key, param in cls.params.items():
+        node[key] = f"${{oc.select:tuned.{cls.name}.{key},{_literal(param.default)}}}"
+    return node
 
 
 def register(cls: type[Solver]) -> type[Solver]:
-    """Decorator for solvers defined outside this package."""
+    """Add a solver (also usable as a decorator for solvers defined outside this package)."""
     SOLVERS[cls.name] = cls
+    ConfigStore.instance().store(group="solver", name=cls.name, node=config_node(cls))
     return cls
+
+
+def _discover() -> None:
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, Solver)
+                and obj is not Solver
+                and obj.__module__ == module.__name__
+            ):
+                register(obj)
 
 
 def solver_class(name: str) -> type[Solver]:
@@ -30,4 +61,6 @@ def solver_class(name: str) -> type[Solver]:
     return SOLVERS[name]
 
 
-__all__ = ["SOLVERS", "Solver", "register", "solver_class"]
+_discover()
+
+__all__ = ["SOLVERS", "Param", "Solver", "register", "solver_class"]

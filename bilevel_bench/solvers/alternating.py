@@ -10,13 +10,13 @@ from bilevel_bench.solvers.base import Solver
 class Alternating(Solver):
     name = "alternating"
 
-    def step(self):
-        upper_batch, lower_batch = self.problem.sample_batches(self.generator)
-        fixed_u = self.bind_fixed_u(upper_batch, lower_batch)
-        gv = self.descend_lower(fixed_u.g, self.T)
+    def update(self, state, upper_batch, lower_batch):
+        fixed_u = self.bind_fixed_u(state, upper_batch, lower_batch)
+        state, gv = self.descend_lower(state, fixed_u.g, self.T)
         if not self.updates_upper:  # ERM: the lower phase is the whole step
-            f = fixed_u.f(self.v)
+            f = fixed_u.f(state["v"])
         else:
-            f = self.bind_live_u(upper_batch, lower_batch).f(self.v)
-            self.apply_u(autodiff.grad(f, self.u))
-        return {"upper_loss": f.detach(), "lower_grad_norm": autodiff.norm_sq(gv).sqrt()}
+            u = autodiff.leaves(state["u"])
+            f = self.problem.bind(u, upper_batch, lower_batch).f(state["v"])
+            state = self.step_u(state, autodiff.grad(f, u))
+        return state, {"upper_loss": f.detach(), "lower_grad_norm": autodiff.norm_sq(gv).sqrt()}

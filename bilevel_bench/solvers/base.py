@@ -1,128 +1,136 @@
-"""What every solver shares: optimisers over variable dicts, projected updates, lower steps.
+"""The solver contract: `init(u, v, stream) -> state` and `step(state) -> (state, diagnostics)`.
 
-A solver owns the variables' optimisers and performs one *upper step* per call of `step()`:
-whatever lower-level work its method needs, then one update of u. The runner only ever calls
-`step()`, `state_dict()` and `load_state_dict()`.
+The state is a dict of tensors holding everything that changes during a run: the variables, the
+optimisers' moments and learning rates, the solver's schedules, multipliers and linear-system
+iterate, and the random stream (key and step counter). Every tensor has a leading run
+dimension K. A checkpoint is the state; no solver writes state_dict code.
+
+No step synchronises with the device: decisions on values are `torch.where` per run, loops
+have fixed trip counts, and diagnostics stay tensors until the runner evaluates.
+
+Hyper-parameters are declared once, as `params = {name: Param(default, check, doc)}`. The
+declarations become the Hydra config group `solver` (bilevel_bench.solvers registers them), with
+per-task tuned values from configs/tuned/<task>.yaml, and validation rejects unknown keys.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
+from omegaconf import OmegaConf
 
-from bilevel_bench import autodiff, checks
-from bilevel_bench.problem import BilevelProblem, BoundObjectives, Variables, project_in_place
+from bilevel_bench import autodiff, checks, optim
+from bilevel_bench.problem import BilevelProblem, BoundObjectives, Stream, Variables
 
-# sparse_adam is lazy Adam (torch.optim.SparseAdam): only the coordinates with a nonzero
-# gradient move and update their moments. For per-example upper variables (denoising weights)
-# dense Adam keeps moving every example off-batch on stale momentum.
-OPTIMIZERS = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "sparse_adam": torch.optim.SparseAdam,
-}
+State = dict[str, Any]
 
 
-def make_optimizer(name: str, variables: Variables, lr: float) -> torch.optim.Optimizer:
-    return OPTIMIZERS[name](list(variables.values()), lr=lr)
+@dataclass(frozen=True)
+class Param:
+    """One solver hyper-parameter: its default, its check and a one-line doc."""
 
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    default: Any
+    check: checks.Check
+    doc: str
 
 
 class Solver:
-    """Base class. Subclasses set `name`, extend `params` and implement `step`."""
+    """Base class. Subclasses set `name`, extend `params` and implement `update`."""
 
     name: ClassVar[str] = "base"
     #: False for baselines that only train the lower level (u keeps its initial value).
     updates_upper: ClassVar[bool] = True
-    #: Config rules checked before any work; subclasses add their own keys.
-    params: ClassVar[dict[str, checks.Check]] = {
-        "T": checks.positive_int,
-        "lr_u": checks.positive,
-        "lr_v": checks.positive,
-        "optimizer_u": checks.one_of(*OPTIMIZERS),
-        "optimizer_v": checks.one_of(*OPTIMIZERS),
+    params: ClassVar[dict[str, Param]] = {
+        "T": Param(10, checks.positive_int, "lower steps per upper step"),
+        "lr_u": Param(0.01, checks.positive, "learning rate of the upper variables u"),
+        "lr_v": Param(0.01, checks.positive, "learning rate of the lower variables v"),
+        "optimizer_u": Param(
+            "adam",
+            checks.one_of(*optim.OPTIMIZERS),
+            "sgd | adam | sparse_adam (lazy Adam: only coordinates with a nonzero gradient move)",
+        ),
+        "optimizer_v": Param("adam", checks.one_of(*optim.OPTIMIZERS), "sgd | adam | sparse_adam"),
     }
 
-    def __init__(
-        self,
-        problem: BilevelProblem,
-        u: Variables,
-        v: Variables,
-        cfg: Any,
-        generator: torch.Generator,
-    ):
-        self.problem, self.u, self.v, self.cfg, self.generator = problem, u, v, cfg, generator
+    def __init__(self, problem: BilevelProblem, cfg: Any):
+        """`problem` is batched (bilevel_bench.problem.batched); `cfg` the solver section."""
+        # plain values: reading an OmegaConf interpolation in every step costs more than the step
+        resolved = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+        self.problem, self.cfg = problem, SimpleNamespace(**resolved)
         self.T = int(cfg.T)
-        self.lr_u, self.lr_v = float(cfg.lr_u), float(cfg.lr_v)
-        self.opt_u = make_optimizer(cfg.optimizer_u, u, self.lr_u)
-        self.opt_v = make_optimizer(cfg.optimizer_v, v, self.lr_v)
+        self.opt_u, self.opt_v = optim.make(cfg.optimizer_u), optim.make(cfg.optimizer_v)
 
     @classmethod
     def validate(cls, cfg: Any) -> None:
-        checks.check_section("solver", cfg, cls.params)
+        """Every declared key present and valid, no undeclared key (typos fail loudly)."""
+        unknown = sorted(set(cfg) - set(cls.params) - {"name"})
+        if unknown:
+            raise checks.ConfigError(
+                f"solver.{unknown[0]} is not a hyper-parameter of solver={cls.name}; its "
+                f"hyper-parameters are: {checks.names(cls.params)}"
+            )
+        checks.check_section("solver", cfg, {k: p.check for k, p in cls.params.items()})
+
+    @classmethod
+    def check_problem(cls, u: Variables, v: Variables) -> None:
+        """Refuse a problem this solver cannot serve (before any step), with a ConfigError."""
+        if cls.updates_upper and not u:
+            raise checks.ConfigError(
+                f"solver={cls.name} optimises upper variables, but this problem has none "
+                "(e.g. a denoising baseline with task.fit_on != weighted): use solver=erm"
+            )
 
     # --- the contract -------------------------------------------------------------------------
-    def step(self) -> dict[str, torch.Tensor | float]:
-        """One upper step. Returns cheap diagnostics (tensors are fine: read only at eval time)."""
+    def init(self, u: Variables, v: Variables, stream: Stream) -> State:
+        return {
+            "u": u,
+            "v": v,
+            "opt_u": self.opt_u.init(u, self.cfg.lr_u) if u else {},
+            "opt_v": self.opt_v.init(v, self.cfg.lr_v),
+            "stream": stream,
+            **self.init_extra(u, v),
+        }
+
+    def init_extra(self, u: Variables, v: Variables) -> State:
+        """Solver-specific state (schedules, multipliers, warm starts)."""
+        return {}
+
+    def step(self, state: State) -> tuple[State, dict[str, torch.Tensor]]:
+        """One upper step: draw the batches, the solver's update, the problem's own change."""
+        upper_batch, lower_batch = self.problem.sample_batches(state["stream"])
+        state, diagnostics = self.update(state, upper_batch, lower_batch)
+        stream = {**state["stream"], "step": state["stream"]["step"] + 1}
+        u, v = self.problem.after_step(state["u"], state["v"], stream)
+        return {**state, "u": u, "v": v, "stream": stream}, diagnostics
+
+    def update(self, state: State, upper_batch, lower_batch):
+        """The method itself: whatever lower-level work it needs, then one update of u."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt_u": self.opt_u.state_dict(), "opt_v": self.opt_v.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt_u.load_state_dict(state["opt_u"])
-        self.opt_v.load_state_dict(state["opt_v"])
-
     # --- shared pieces ------------------------------------------------------------------------
-    def bind_fixed_u(self, upper_batch, lower_batch) -> BoundObjectives:
+    def bind_fixed_u(self, state: State, upper_batch, lower_batch) -> BoundObjectives:
         """Objectives for the lower phase: u is constant, so no graph is built through it."""
-        return self.problem.bind(autodiff.detached(self.u), upper_batch, lower_batch)
+        return self.problem.bind(state["u"], upper_batch, lower_batch)
 
-    def bind_live_u(self, upper_batch, lower_batch) -> BoundObjectives:
-        return self.problem.bind(self.u, upper_batch, lower_batch)
+    def step_u(self, state: State, direction: Variables) -> State:
+        u, moments = self.opt_u.update(state["u"], autodiff.detached(direction), state["opt_u"])
+        return {**state, "u": self.problem.project_u(u), "opt_u": moments}
 
-    def apply_u(self, direction: Variables) -> None:
-        apply_update(self.opt_u, self.u, direction, self.problem.project_u)
+    def step_v(self, state: State, direction: Variables) -> State:
+        v, moments = self.opt_v.update(state["v"], autodiff.detached(direction), state["opt_v"])
+        return {**state, "v": self.problem.project_v(v), "opt_v": moments}
 
-    def apply_v(self, direction: Variables) -> None:
-        apply_update(self.opt_v, self.v, direction, self.problem.project_v)
-
-    def descend_lower(self, objective, steps: int) -> Variables:
-        """`steps` optimiser steps on v for objective(v); returns the last gradient."""
+    def descend_lower(self, state: State, objective, steps: int):
+        """`steps` optimiser steps on v for objective(v); returns (state, last gradient)."""
         last = None
         for _ in range(steps):
-            last = autodiff.grad(objective(self.v), self.v)
-            self.apply_v(last)
-        return last
-
-
-def apply_update(
-    optimizer: torch.optim.Optimizer, variables: Variables, direction: Variables, projector
-) -> None:
-    """Hand `direction` to the optimiser as the gradient, step, then project (constraints)."""
-    sparse = isinstance(optimizer, torch.optim.SparseAdam)
-    for name, tensor in variables.items():
-        gradient = direction[name].detach()
-        tensor.grad = gradient.to_sparse() if sparse else gradient
-    optimizer.step()
-    project_in_place(variables, projector)
-    for tensor in variables.values():
-        tensor.grad = None
-
-
-def unrolled_sgd_step(bound: BoundObjectives, v: Variables, lr: float, project, differentiable):
-    """v - lr * grad_v g(v), projected: the lower map that RMD and FMD differentiate through."""
-    gv = autodiff.grad(bound.g(v), v, create_graph=differentiable)
-    stepped = {k: v[k] - lr * gv[k] for k in v}
-    stepped = project(stepped)
-    if differentiable:
-        return stepped
-    return {k: t.detach().requires_grad_() for k, t in stepped.items()}
+            v = autodiff.leaves(state["v"])
+            last = autodiff.grad(objective(v), v)
+            state = self.step_v(state, last)
+        return state, last
 
 
 def require_sgd_lower(cfg: Any, solver: str) -> None:

@@ -2,9 +2,9 @@
 
     Z_{t+1} = d step(u, v_t) / d(u, v) . (I, Z_t),   hypergradient = grad_u f + Z_T^T grad_v f
 
-All U upper directions are pushed through each step at once with torch.func.vmap over
-jvp. Z holds U x V numbers, so the solver estimates that memory first and refuses above
-solver.max_jacobian_mb.
+All U upper directions of every run are pushed through each step at once with torch.func.vmap
+over jvp. Z holds K x U x V numbers, so the solver estimates that memory first and refuses
+above solver.max_jacobian_mb.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch.func import jvp, vmap
 
-from bilevel_bench import autodiff, checks
-from bilevel_bench.solvers.base import Solver, require_sgd_lower
+from bilevel_bench import autodiff, checks, hypergrad
+from bilevel_bench.solvers.base import Param, Solver, require_sgd_lower
 
 # Z, the tangent outputs of one step, and vmap's batched intermediates of the same size.
 JACOBIAN_COPIES = 3
@@ -23,83 +23,77 @@ class FMD(Solver):
     name = "fmd"
     params = {
         **Solver.params,
-        "max_jacobian_mb": checks.positive,
-        "chunk_size": checks.non_negative_int,
+        "optimizer_v": Param(
+            "sgd", Solver.params["optimizer_v"].check, "sgd: the unrolled map is plain descent"
+        ),
+        "max_jacobian_mb": Param(1024, checks.positive, "refuse when dv/du would need more"),
+        "chunk_size": Param(
+            0, checks.non_negative_int, "vmap chunk over upper directions (0 = all)"
+        ),
     }
 
     @classmethod
     def validate(cls, cfg):
-        super().validate(cfg)
         require_sgd_lower(cfg, cls.name)
+        super().validate(cfg)
 
-    def __init__(self, problem, u, v, cfg, generator):
-        super().__init__(problem, u, v, cfg, generator)
-        self.upper_size, self.lower_size = autodiff.numel(u), autodiff.numel(v)
+    def init(self, u, v, stream):
+        runs = len(next(iter(v.values())))
+        upper_size, lower_size = autodiff.numel_per_run(u), autodiff.numel_per_run(v)
         element = next(iter(v.values())).element_size()
-        estimate = JACOBIAN_COPIES * self.upper_size * self.lower_size * element / 2**20
-        if estimate > float(cfg.max_jacobian_mb):
+        estimate = JACOBIAN_COPIES * runs * upper_size * lower_size * element / 2**20
+        if estimate > float(self.cfg.max_jacobian_mb):
             raise checks.ConfigError(
-                f"fmd needs about {estimate:,.0f} MB for dv/du ({self.upper_size:,} upper x "
-                f"{self.lower_size:,} lower variables), above solver.max_jacobian_mb="
-                f"{cfg.max_jacobian_mb}. Raise solver.max_jacobian_mb if the device has the "
+                f"fmd needs about {estimate:,.0f} MB for dv/du ({runs} run(s) x {upper_size:,} "
+                f"upper x {lower_size:,} lower variables), above solver.max_jacobian_mb="
+                f"{self.cfg.max_jacobian_mb}. Raise solver.max_jacobian_mb if the device has the "
                 f"memory, or use solver=rmd / penalty / approxgrad"
             )
-        self.chunk_size = int(cfg.chunk_size) or None
+        self.upper_size = upper_size
+        return super().init(u, v, stream)
 
-    def _step_map(self, upper_batch, lower_batch):
-        problem, lr = self.problem, self.lr_v
+    def update(self, state, upper_batch, lower_batch):
+        problem = self.problem
+        lr = state["opt_v"]["lr"].to(next(iter(state["v"].values())).dtype)
+        u, v = state["u"], state["v"]
 
-        def step_map(u, v):
-            g_of_v = lambda v_: problem.bind(u, upper_batch, lower_batch).g(v_)  # noqa: E731
-            gv = torch.func.grad(g_of_v)(v)
-            return problem.project_v({k: v[k] - lr * gv[k] for k in v})
-
-        return step_map
-
-    def step(self):
-        upper_batch, lower_batch = self.problem.sample_batches(self.generator)
-        step_map = self._step_map(upper_batch, lower_batch)
-        u = autodiff.detached(self.u)
-        v = autodiff.detached(self.v)
-        directions = self._unit_directions(u)  # one basis vector of u per row
-        z = {k: t.new_zeros((self.upper_size, *t.shape)) for k, t in v.items()}
+        def step_map(u_, v_):
+            objective = problem.bind(u_, upper_batch, lower_batch).g
+            return hypergrad.sgd_lower_step(
+                objective, v_, lr, problem.project_v, hypergrad.functional_gradient
+            )
 
         def push(du, zv):
-            return jvp(lambda uu, vv: step_map(uu, vv), (u, v), (du, zv))
+            return jvp(step_map, (u, v), (du, zv))
 
+        directions = self._unit_directions(u)  # [U, K, ...]: coordinate i of u in every run
+        z = {k: t.new_zeros((self.upper_size, *t.shape)) for k, t in v.items()}
+        chunk = int(self.cfg.chunk_size) or None
         for _ in range(self.T):
-            v_next, z = vmap(push, chunk_size=self.chunk_size)(directions, z)
+            v_next, z = vmap(push, chunk_size=chunk)(directions, z)
             v = {k: t[0] for k, t in v_next.items()}  # identical along the vmapped axis
 
-        v = {k: t.requires_grad_() for k, t in v.items()}
-        live_u = self.bind_live_u(upper_batch, lower_batch)
-        f = live_u.f(v)
-        grad_u_f = autodiff.grad(f, self.u, retain_graph=True)
-        grad_v_f = autodiff.grad(f, v)
-        # Z^T grad_v f, one number per upper coordinate
-        flat = sum(z[k].reshape(self.upper_size, -1) @ grad_v_f[k].reshape(-1) for k in grad_v_f)
-        implicit = self._unflatten_u(flat)
-        with torch.no_grad():
-            for k, t in self.v.items():
-                t.copy_(v[k])
-        self.apply_u(autodiff.add(grad_u_f, implicit))
-        return {"upper_loss": f.detach()}
+        u_live, v_live = autodiff.leaves(u), autodiff.leaves(v)
+        f = problem.bind(u_live, upper_batch, lower_batch).f(v_live)
+        grad_u_f, grad_v_f = autodiff.grad_pair(f, u_live, v_live)
+        # Z^T grad_v f: per run, one number per upper coordinate -> [K, U]
+        flat = sum((z[k].flatten(2) * grad_v_f[k].flatten(1)).sum(-1) for k in grad_v_f)
+        implicit = self._unflatten_u(flat.T, u)
+        state = self.step_u({**state, "v": v}, autodiff.add(grad_u_f, implicit))
+        return state, {"upper_loss": f.detach()}
 
     def _unit_directions(self, u):
-        eye = torch.eye(
-            self.upper_size,
-            dtype=next(iter(u.values())).dtype,
-            device=next(iter(u.values())).device,
-        )
-        return self._unflatten_u(eye, batched=True)
+        first = next(iter(u.values()))
+        runs = len(first)
+        eye = torch.eye(self.upper_size, dtype=first.dtype, device=first.device)
+        batched = eye[:, None, :].expand(self.upper_size, runs, self.upper_size)
+        return self._unflatten_u(batched, u)
 
-    def _unflatten_u(self, flat, batched=False):
+    def _unflatten_u(self, flat, u):
+        """[..., K, U] -> dict of [..., K, *shape] per upper variable."""
         out, offset = {}, 0
-        for k, t in self.u.items():
-            n = t.numel()
-            piece = flat[..., offset : offset + n]
-            out[k] = (
-                piece.reshape(*flat.shape[:-1], *t.shape) if batched else piece.reshape(t.shape)
-            )
+        for k, t in u.items():
+            n = t[0].numel()
+            out[k] = flat[..., offset : offset + n].reshape(*flat.shape[:-1], *t.shape[1:])
             offset += n
         return out

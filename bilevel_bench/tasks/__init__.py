@@ -1,21 +1,26 @@
-"""Task registry: name -> module exposing build(cfg, device, generator)."""
+"""Task registry: every module of this package with a `build(cfg, device, seeds)` function is a
+task, named after its module (configs/task/NAME.yaml selects it)."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from bilevel_bench.checks import ConfigError, names
 
-TASKS = {
-    "synthetic": "bilevel_bench.tasks.synthetic",
-    "denoise": "bilevel_bench.tasks.denoise",
-    "poison": "bilevel_bench.tasks.poison",
-    "fewshot": "bilevel_bench.tasks.fewshot",
-}
+
+def task_modules() -> dict[str, str]:
+    found = {}
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        if callable(getattr(module, "build", None)):
+            found[module_info.name] = module.__name__
+    return found
 
 
-def build_task(cfg, device, generator):
+def build_task(cfg, device, seeds):
+    tasks = task_modules()
     name = cfg.task.name
-    if name not in TASKS:
-        raise ConfigError(f"task.name={name!r} is not a known task; known: {names(TASKS)}")
-    return importlib.import_module(TASKS[name]).build(cfg, device, generator)
+    if name not in tasks:
+        raise ConfigError(f"task.name={name!r} is not a known task; known: {names(tasks)}")
+    return importlib.import_module(tasks[name]).build(cfg, device, seeds)

@@ -1,54 +1,61 @@
-"""What the runner needs from a task: a problem, a step budget and an evaluation.
+"""What the runner needs from a task: a (batched) problem, a step budget and an evaluation.
 
-A task module exposes `build(cfg, device, generator) -> Task`; register it in TASKS
-(bilevel_bench/tasks/__init__.py) and add configs/task/NAME.yaml.
+A task module of this package exposes `build(cfg, device, seeds) -> Task` (it is discovered by
+its module name) and has a configs/task/NAME.yaml. `seeds` are the runs computed together; the
+task builds one problem for all of them, with what the seed changes in the data (splits, label
+noise, poison starts, episodes) held per run as indices or labels over one copy of the data.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from bilevel_bench.problem import BilevelProblem, Variables
+from bilevel_bench import keys
+from bilevel_bench.problem import BilevelProblem, Variables, batched
+
+# evaluation draws from its own stream, so it never perturbs training
+EVAL_STREAM = 1_000_003
 
 
 class Task:
     def __init__(
-        self, problem: BilevelProblem, cfg: Any, dataset_name: str, total_steps: int | None = None
+        self,
+        problem: BilevelProblem,
+        cfg: Any,
+        dataset_name: str,
+        seeds: list[int],
+        device: torch.device,
+        total_steps: int | None = None,
     ):
-        self.problem, self.cfg, self.dataset_name = problem, cfg, dataset_name
+        self.problem = batched(problem)
+        self.cfg, self.dataset_name, self.seeds, self.device = cfg, dataset_name, seeds, device
         # tasks counted in epochs pass total_steps = epochs * batches per epoch
         self.total_steps = int(cfg.task.iters) if total_steps is None else total_steps
         self.eval_every = int(cfg.task.eval_every)
-        # evaluation draws its own batches so it never perturbs the training stream
-        self.eval_generator = torch.Generator().manual_seed(int(cfg.seed) + 1_000_003)
+        self.eval_stream = {
+            "key": keys.derive(keys.run_keys(seeds, device), EVAL_STREAM),
+            "step": torch.zeros(len(seeds), dtype=torch.int64, device=device),
+        }
 
-    def prepare(self, u: Variables, v: Variables) -> None:
-        """Work before the first upper step (e.g. pre-training); counted in runtime_s.
+    @property
+    def runs(self) -> int:
+        return len(self.seeds)
 
-        Not called again when a run resumes from a checkpoint: whatever it changes must live in
-        u, v or `state_dict()`.
-        """
+    def prepare(self, u: Variables, v: Variables) -> tuple[Variables, Variables]:
+        """Work before the first upper step (e.g. pre-training); counted in runtime_s. Returns
+        the variables to start from. Not called again when a run resumes from a checkpoint."""
+        return u, v
 
-    def after_step(self, step: int, u: Variables, v: Variables) -> None:
-        """Hook after each upper step (e.g. per-epoch re-normalisation); counted in runtime_s."""
-
-    def evaluate(self, u: Variables, v: Variables) -> dict[str, float]:
-        """Metrics logged to curve.csv every task.eval_every steps and at the end."""
+    def evaluate(self, u: Variables, v: Variables) -> list[dict[str, float]]:
+        """Metrics of every run, logged to curve.csv every task.eval_every steps and at the end."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        """State that changes during training, saved in checkpoints (tensors and plain numbers).
-
-        Subclasses that keep more (running statistics, a data-order generator) extend this.
-        """
-        return {"eval_generator": self.eval_generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of state_dict; tensors arrive on the CPU (move them where they live)."""
-        self.eval_generator.set_state(state["eval_generator"])
-
-    def final_metrics(self, u: Variables, v: Variables) -> dict[str, float]:
-        """Extra, possibly expensive, metrics computed once at the end (not in runtime_s)."""
+    def final_metrics(
+        self, u: Variables, v: Variables, runs: list[int], run_dirs: list[Path]
+    ) -> dict[int, dict[str, float]]:
+        """Extra, possibly expensive, metrics computed once at the end (not in runtime_s), for
+        the runs listed (indices into the batch); files they make go to run_dirs[run]."""
         return {}

@@ -12,7 +12,9 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    # ranked in float32: scores equal to 7 digits tie, so float64 rounding noise (a batched run
+    # against a single one) cannot reorder the many examples whose weights never moved
+    _, inverse, counts = torch.unique(scores.float(), return_inverse=True, return_counts=True)
     ends = counts.cumsum(0).double()
     average_rank = ends - (counts.double() - 1) / 2  # 1-based mean rank of each distinct value
     rank_sum = average_rank[inverse][positive].sum()

@@ -5,11 +5,15 @@ data plus the poisons (lower level). The final metrics prove it by retraining a 
 scratch on train + poisons, next to two baselines retrained the same way: no poisons (`clean_*`)
 and the same number of random label flips (`flip_*`: random training points, random wrong labels;
 for the untargeted attack these are exactly its initial poisons, so the comparison is paired).
+
+K runs (seeds) are one batched problem over one copy of the data: each run's split, poisons,
+label flips, targets and bases are drawn at build time from torch.Generator().manual_seed(seed)
+and kept as row indices and labels, so a seed gets the same sets alone or in a batch.
 """
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,12 +26,11 @@ from bilevel_bench.tasks.base import Task
 from bilevel_bench.tasks.poison_problems import (
     OPTIMIZERS,
     CleanLabelPoisoning,
+    Examples,
     LinearPoisoning,
     SoftmaxRegression,
     TrainingBudget,
 )
-
-log = logging.getLogger(__name__)
 
 ATTACKS = ("untargeted", "targeted", "clean_label")
 DIGIT_DATASETS = ("mnist", "fake_poison")
@@ -36,160 +39,166 @@ RETRAIN_SEED_OFFSET = 2_000_003
 FLIP_SEED_OFFSET = 3_000_017
 
 
-def percent(correct: torch.Tensor) -> float:
-    return 100.0 * float(correct.float().mean()) if correct.numel() else float("nan")
+def percent(hits: torch.Tensor, among: torch.Tensor | None = None) -> list[float]:
+    """Per run (rows of [K, N] booleans): the percentage of hits among the marked examples (all
+    by default); NaN for a run with none marked."""
+    among = torch.ones_like(hits) if among is None else among
+    counted = (hits & among).sum(1).to(torch.float64)
+    return (100.0 * counted / among.sum(1)).tolist()
+
+
+def save_poison_grid(images: torch.Tensor, poisons: torch.Tensor, directory: Path, nrow: int):
+    """poisons.png (a grid of `images`, values in [0, 1]) and poisons.pt (the raw poisons)."""
+    from torchvision.utils import save_image
+
+    save_image(images.float().cpu(), directory / "poisons.png", nrow=nrow, padding=1, pad_value=1)
+    torch.save(poisons.detach().cpu(), directory / "poisons.pt")
 
 
 class PoisonTask(Task):
     """Shared evaluation: the attack model's f and |grad_v g| while training, retraining at the end."""
 
-    def __init__(self, problem, cfg, clean, flips, test):
-        """clean, flips, test: (inputs, labels) pairs in the model's input space."""
-        super().__init__(problem, cfg, str(cfg.dataset.name))
-        self.clean_inputs, self.clean_labels = clean
-        self.flip_inputs, self.flip_labels = flips
-        self.x_test, self.y_test = test
-        task = cfg.task
-        self.pretrain = TrainingBudget(**task.pretrain)
-        self.retrain = TrainingBudget(**task.retrain)
-        self.retrain_seed = int(cfg.seed) + RETRAIN_SEED_OFFSET
+    #: images per row of the poison grid
+    grid_columns = 10
+
+    def __init__(self, problem, cfg, seeds, device, flips: Examples):
+        """flips: each run's label-flip baseline (rows of the model's inputs, wrong labels)."""
+        super().__init__(problem, cfg, str(cfg.dataset.name), seeds, device)
+        self.flips = flips
+        self.pretrain = TrainingBudget(**cfg.task.pretrain)
+        self.retrain = TrainingBudget(**cfg.task.retrain)
+        self.save_images = bool(cfg.task.save_images)
 
     def prepare(self, u, v):
         """The authors train the attacked model on clean data before the attack (warm start)."""
         if self.pretrain.steps == 0:
-            return
-        trained = self.problem.classifier.fit(
-            self.clean_inputs, self.clean_labels, self.pretrain, v
-        )
-        with torch.no_grad():
-            for k, t in v.items():
-                t.copy_(trained[k])
+            return u, v
+        problem = self.problem
+        return u, problem.classifier.fit(v, self.pretrain, [problem.clean_set()])
 
     def evaluate(self, u, v):
         problem = self.problem
         with torch.enable_grad():
-            v_live = {k: t.detach().requires_grad_() for k, t in v.items()}
+            v_live = autodiff.leaves(v)
             bound = problem.bind(autodiff.detached(u), None, None)
             f = bound.f(v_live)
             gv = autodiff.grad(bound.g(v_live), v_live)
-        return {
-            "upper_loss": float(f.detach()),
-            "lower_grad_norm": float(autodiff.norm_sq(gv).sqrt()),
+        columns = {
+            "upper_loss": f.detach().tolist(),
+            "lower_grad_norm": autodiff.norm_sq(gv).sqrt().tolist(),
             **self.attack_model_metrics(v),
         }
+        return [{name: values[run] for name, values in columns.items()} for run in range(self.runs)]
 
-    def attack_model_metrics(self, v) -> dict[str, float]:
+    def attack_model_metrics(self, v) -> dict[str, list[float]]:
+        """Per-run metrics of the attacked model itself, logged while training."""
         return {}
 
-    def retrained(self, extra_inputs=None, extra_labels=None):
-        """A fresh model (same init for every call of a run) trained on clean data + extras."""
-        x, y = self.clean_inputs, self.clean_labels
-        if extra_inputs is not None:
-            x, y = torch.cat([extra_inputs, x]), torch.cat([extra_labels, y])
-        classifier = self.problem.classifier
-        start = classifier.init(torch.Generator().manual_seed(self.retrain_seed))
-        return classifier.fit(x, y, self.retrain, start)
-
-    def final_metrics(self, u, v):
-        """Retrain on train + poisons, train only, train + label flips; `v` is never used."""
-        models = {
-            "": self.retrained(self.problem.poison_inputs(u), self.problem.poison_labels),
-            "clean_": self.retrained(),
-            "flip_": self.retrained(self.flip_inputs, self.flip_labels),
-        }
+    def final_metrics(self, u, v, runs, run_dirs):
+        """Retrain every listed run from scratch (`v` is never used) and write its poisons."""
         metrics = {}
-        for prefix, model in models.items():
-            metrics.update({prefix + k: x for k, x in self.scores(model).items()})
-        save_poison_grid(self, u)
+        for run in runs:
+            metrics[run] = self.retrained_scores(u, run)
+            if self.save_images:
+                images = self.poison_images(u, run)
+                save_poison_grid(images, u["poisons"][run], run_dirs[run], self.grid_columns)
         return metrics
 
-    def scores(self, model) -> dict[str, float]:
+    def retrained_scores(self, u, run: int) -> dict[str, float]:
+        """Scores of fresh models trained on train + poisons, train only, train + label flips."""
+        rows = slice(run, run + 1)
+        clean = self.problem.clean_set(rows)
+        trainings = {
+            "": [self.problem.poison_set(u, rows), clean],
+            "clean_": [clean],
+            "flip_": [self.flips.take(rows), clean],
+        }
+        metrics = {}
+        for prefix, parts in trainings.items():
+            model = self.retrained(parts, run)
+            metrics.update({prefix + k: x for k, x in self.scores(model, rows).items()})
+        return metrics
+
+    def retrained(self, parts, run: int):
+        """A fresh model of the run (the same start for every call) trained on the parts."""
+        classifier = self.problem.classifier
+        seed = self.seeds[run] + RETRAIN_SEED_OFFSET
+        start = classifier.init([torch.Generator().manual_seed(seed)])
+        return classifier.fit(start, self.retrain, parts)
+
+    def scores(self, model, rows: slice) -> dict[str, float]:
+        """Metrics of a retrained model (one run: the `rows` slice of the batch)."""
         raise NotImplementedError
 
-    def poison_images(self, u) -> torch.Tensor:
-        """[n, C, H, W] in [0, 1] for the PNG grid."""
+    def poison_images(self, u, run: int) -> torch.Tensor:
+        """[images, C, H, W] in [0, 1] for the run's PNG grid."""
         raise NotImplementedError
 
 
 class UntargetedTask(PoisonTask):
-    def __init__(self, problem, cfg, clean, flips, test, image_shape):
-        super().__init__(problem, cfg, clean, flips, test)
-        self.image_shape = image_shape
+    def __init__(self, problem, cfg, seeds, device, flips, test: Examples, image_shape):
+        super().__init__(problem, cfg, seeds, device, flips)
+        self.test, self.image_shape = test, image_shape
 
     def attack_model_metrics(self, v):
-        p = self.problem
-        return {"val_acc": percent(p.classifier.predict(v, p.x_upper) == p.y_upper)}
+        x, y = self.problem.upper.take()
+        return {"val_acc": percent(self.problem.classifier.predict(v, x) == y)}
 
-    def scores(self, model):
-        p = self.problem
-        return {"test_acc": percent(p.classifier.predict(model, self.x_test) == self.y_test)}
+    def scores(self, model, rows):
+        x, y = self.test.take(rows)
+        return {"test_acc": percent(self.problem.classifier.predict(model, x) == y)[0]}
 
-    def poison_images(self, u):
-        return u["poisons"].detach().reshape(-1, *self.image_shape)
+    def poison_images(self, u, run):
+        return u["poisons"][run].detach().reshape(-1, *self.image_shape)
 
 
 class TargetedTask(UntargetedTask):
     """Success = percentage of test images of the source class predicted as the target class."""
 
     def attack_model_metrics(self, v):
-        p = self.problem
-        return {"val_target_success": percent(p.classifier.predict(v, p.x_upper) == p.y_upper)}
+        x, target = self.problem.upper.take()  # source-class images labelled as the target
+        return {"val_target_success": percent(self.problem.classifier.predict(v, x) == target)}
 
-    def scores(self, model):
-        predicted = self.problem.classifier.predict(model, self.x_test)
-        source = self.y_test == int(self.cfg.task.source_class)
+    def scores(self, model, rows):
+        x, y = self.test.take(rows)
+        predicted = self.problem.classifier.predict(model, x)
+        source = y == int(self.cfg.task.source_class)
         return {
-            "target_success": percent(predicted[source] == int(self.cfg.task.target_class)),
-            "test_acc": percent(predicted == self.y_test),
+            "target_success": percent(predicted == int(self.cfg.task.target_class), source)[0],
+            "test_acc": percent(predicted == y)[0],
         }
 
 
 class CleanLabelTask(PoisonTask):
     """Success = percentage of targets classified as the wrong class after retraining."""
 
-    def __init__(self, problem, cfg, clean, flips, test, target_images):
-        super().__init__(problem, cfg, clean, flips, test)
+    grid_columns = 3  # rows of (base, poison, target)
+
+    def __init__(self, problem, cfg, seeds, device, flips, test, target_images):
+        """test: (features, labels), shared by the runs; target_images: [K, n, 3, H, W]."""
+        super().__init__(problem, cfg, seeds, device, flips)
+        self.test_features, self.y_test = test
         self.target_images = target_images
 
     def attack_model_metrics(self, v):
-        p = self.problem
-        predicted = p.classifier.predict(v, p.target_features)
-        return {"val_target_success": percent(predicted == p.target_wrong_labels)}
+        features, wrong = self.problem.targets.take()
+        predicted = self.problem.classifier.predict(v, features)
+        return {"val_target_success": percent(predicted == wrong)}
 
-    def scores(self, model):
-        p = self.problem
-        predicted = p.classifier.predict(model, p.target_features)
-        test_predicted = p.classifier.predict(model, self.x_test)
+    def scores(self, model, rows):
+        classifier = self.problem.classifier
+        features, wrong = self.problem.targets.take(rows)
         return {
-            "target_success": percent(predicted == p.target_wrong_labels),
-            "test_acc": percent(test_predicted == self.y_test),
+            "target_success": percent(classifier.predict(model, features) == wrong)[0],
+            "test_acc": percent(classifier.predict(model, self.test_features) == self.y_test)[0],
         }
 
-    def poison_images(self, u):
+    def poison_images(self, u, run):
         # rows of (base, poison, target) so the (in)visibility of the change can be judged
         low, high = self.problem.box
-        triples = torch.stack([self.problem.bases, u["poisons"].detach(), self.target_images], 1)
+        images = [self.problem.bases[run], u["poisons"][run].detach(), self.target_images[run]]
+        triples = torch.stack([image.float().cpu() for image in images], 1)
         return ((triples.flatten(0, 1) - low) / (high - low)).clamp(0, 1)
-
-
-def save_poison_grid(task: PoisonTask, u) -> Path | None:
-    """Write poisons.png (and the raw tensor) into the Hydra run directory when there is one."""
-    if not bool(task.cfg.task.save_images):
-        return None
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not launched through the Hydra app: no run directory to write into
-        log.info("poison: no Hydra run directory, poisons.png not written")
-        return None
-    from torchvision.utils import save_image
-
-    images = task.poison_images(u).float().cpu()
-    nrow = 3 if isinstance(task, CleanLabelTask) else min(10, len(images))
-    save_image(images, run_dir / "poisons.png", nrow=nrow, padding=1, pad_value=1.0)
-    torch.save(u["poisons"].detach().cpu(), run_dir / "poisons.pt")
-    return run_dir / "poisons.png"
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -228,32 +237,61 @@ def _digit_pools(cfg):
     )
 
 
-def _linear_task(cfg, device, generator):
-    task = cfg.task
-    pools = _digit_pools(cfg)
+@dataclass
+class RunSets:
+    """One run's sets of a digit attack, each as (rows of the pools, labels)."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    upper: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    poisons: tuple[torch.Tensor, torch.Tensor]  # the initial poisons and their labels
+    flips: tuple[torch.Tensor, torch.Tensor]
+
+
+def _run_sets(pools: poison_sets.DigitPools, task, seed: int) -> RunSets:
+    """A run's split, initial poisons and label flips, drawn from its seed alone."""
+    generator = torch.Generator().manual_seed(seed)
     n = int(task.num_poisons)
-    targeted = task.attack == "targeted"
-    if targeted:
+    if task.attack == "targeted":
         source, target = int(task.source_class), int(task.target_class)
         split = poison_sets.targeted_split(pools, task.split, source, target, generator)
-        poisons, labels = poison_sets.swap_poisons(
-            split.x_train, split.y_train, n, source, target, generator
-        )
-        flip_generator = torch.Generator().manual_seed(int(cfg.seed) + FLIP_SEED_OFFSET)
-        flips = poison_sets.label_flip_poisons(
-            split.x_train, split.y_train, n, pools.num_classes, flip_generator
-        )
+        y_train = pools.labels[split.train]
+        poisons = poison_sets.swap_poisons(y_train, n, source, target, generator)
+        flip_generator = torch.Generator().manual_seed(seed + FLIP_SEED_OFFSET)
+        flips = poison_sets.label_flip_poisons(y_train, n, pools.num_classes, flip_generator)
     else:
         split = poison_sets.untargeted_split(pools, task.split, generator)
+        y_train = pools.labels[split.train]
         # the authors' initial poisons are random training points with random wrong labels, so
         # the label-flip baseline is the attack's own starting point: a paired comparison
-        poisons, labels = poison_sets.label_flip_poisons(
-            split.x_train, split.y_train, n, pools.num_classes, generator
-        )
-        flips = (poisons, labels)
-    to = lambda t: t.to(device)  # noqa: E731
+        poisons = flips = poison_sets.label_flip_poisons(y_train, n, pools.num_classes, generator)
+    return RunSets(
+        train=(split.train, y_train),
+        upper=(split.upper, split.upper_labels),
+        test=(split.test, pools.labels[split.test]),
+        poisons=(split.train[poisons[0]], poisons[1]),  # positions in the train set -> rows
+        flips=(split.train[flips[0]], flips[1]),
+    )
+
+
+def _stacked(pool: torch.Tensor, pairs, device) -> Examples:
+    """The runs' (rows, labels) pairs as one Examples over the shared pool."""
+    rows, labels = zip(*pairs, strict=True)
+    return Examples(pool, torch.stack(rows).to(device), torch.stack(labels).to(device))
+
+
+def _linear_task(cfg, device, seeds):
+    task = cfg.task
+    pools = _digit_pools(cfg)
+    sets = [_run_sets(pools, task, seed) for seed in seeds]
+    images = pools.images.to(device=device, dtype=torch.get_default_dtype())
+
+    def stacked(name: str) -> Examples:
+        return _stacked(images, [getattr(run, name) for run in sets], device)
+
+    targeted = task.attack == "targeted"
     classifier = SoftmaxRegression(
-        split.x_train.shape[1],
+        images.shape[1],
         pools.num_classes,
         bias=False,
         weight_decay=float(task.weight_decay),
@@ -261,27 +299,27 @@ def _linear_task(cfg, device, generator):
     )
     problem = LinearPoisoning(
         classifier,
-        to(split.x_train),
-        to(split.y_train),
-        to(poisons),
-        to(labels),
-        to(split.x_upper),
-        to(split.y_upper),
+        stacked("train"),
+        stacked("upper"),
+        stacked("poisons"),
         sign=1.0 if targeted else -1.0,
     )
     cls = TargetedTask if targeted else UntargetedTask
     return cls(
         problem,
         cfg,
-        clean=(problem.x_train, problem.y_train),
-        flips=(to(flips[0]), to(flips[1])),
-        test=(to(split.x_test), to(split.y_test)),
+        seeds,
+        device,
+        flips=stacked("flips"),
+        test=stacked("test"),
         image_shape=pools.image_shape,
     )
 
 
-def _clean_label_task(cfg, device, generator):
-    task, ds = cfg.task, cfg.dataset
+def _dogfish_features(cfg, device):
+    """(images on the CPU, the frozen feature network, train and test features on the device):
+    the device never holds the full-size images, only their features and each run's bases."""
+    ds = cfg.dataset
     data = poison_sets.load_dogfish(ds.path)
     features = build_features(
         str(ds.features),
@@ -290,11 +328,14 @@ def _clean_label_task(cfg, device, generator):
         int(ds.seed),
         bool(cfg.data.download),
     ).to(device)
-    to = lambda t: t.to(device)  # noqa: E731
-    x_train, x_test = to(data.x_train), to(data.x_test)
-    y_train, y_test = to(data.y_train), to(data.y_test)
-    train_features, test_features = extract(features, x_train), extract(features, x_test)
-    num_classes = int(max(int(y_train.max()), int(y_test.max())) + 1)
+    return data, features, extract(features, data.x_train), extract(features, data.x_test)
+
+
+def _clean_label_task(cfg, device, seeds):
+    task = cfg.task
+    data, features, train_features, test_features = _dogfish_features(cfg, device)
+    y_train, y_test = data.y_train.to(device), data.y_test.to(device)
+    num_classes = int(max(int(data.y_train.max()), int(data.y_test.max())) + 1)
     classifier = SoftmaxRegression(
         train_features.shape[1],
         num_classes,
@@ -303,49 +344,64 @@ def _clean_label_task(cfg, device, generator):
         init_std=0.01,
         device=device,
     )
-    retrain = TrainingBudget(**task.retrain)
-    init_seed = int(cfg.seed) + RETRAIN_SEED_OFFSET
-    clean_model = classifier.fit(
-        train_features,
-        y_train,
-        retrain,
-        classifier.init(torch.Generator().manual_seed(init_seed)),
-    )
-    # targets: random test images the clean model gets right (authors: the next such image)
-    correct = torch.nonzero(classifier.predict(clean_model, test_features) == y_test).flatten()
     n = int(task.num_poisons)
-    if len(correct) < n:
-        raise ConfigError(
-            f"task.num_poisons={n} targets requested but the clean model classifies only "
-            f"{len(correct)} test images correctly; lower task.num_poisons"
-        )
-    targets = correct[torch.randperm(len(correct), generator=generator)[:n].to(device)]
-    bases = _nearest_other_class(train_features, y_train, test_features[targets], y_test[targets])
+    clean = (train_features, y_train)
+    test = (test_features, y_test)
+    budget = TrainingBudget(**task.retrain)
+    picks = [_targets_and_bases(classifier, budget, clean, test, n, seed) for seed in seeds]
+    targets = torch.stack([t for t, _ in picks])
+    bases = torch.stack([b for _, b in picks])
     epsilon = task.epsilon
     problem = CleanLabelPoisoning(
         classifier,
         features,
         train_features,
         y_train,
-        x_train[bases].clone(),
+        data.x_train[bases.cpu()].to(device=device, dtype=torch.get_default_dtype()),
         y_train[bases],
-        test_features[targets],
-        y_train[bases],  # the wrong label for each target is its base's (correct) label
+        # the wrong label for each target is its base's (correct) label
+        Examples(test_features, targets, y_train[bases]),
         beta=float(task.beta),
         box=(float(data.x_train.min()), float(data.x_train.max())),
         epsilon=None if epsilon is None else float(epsilon),
     )
-    flip_generator = torch.Generator().manual_seed(int(cfg.seed) + FLIP_SEED_OFFSET)
+    flips = [
+        poison_sets.label_flip_poisons(
+            data.y_train, n, num_classes, torch.Generator().manual_seed(seed + FLIP_SEED_OFFSET)
+        )
+        for seed in seeds
+    ]
     return CleanLabelTask(
         problem,
         cfg,
-        clean=(train_features, y_train),
-        flips=poison_sets.label_flip_poisons(
-            train_features, y_train, n, num_classes, flip_generator
-        ),
-        test=(test_features, y_test),
-        target_images=x_test[targets],
+        seeds,
+        device,
+        flips=_stacked(train_features, flips, device),
+        test=test,
+        target_images=data.x_test[targets.cpu()],
     )
+
+
+def _targets_and_bases(classifier, budget, clean, test, n: int, seed: int):
+    """One run's targets, random test images that the run's clean model gets right (authors:
+    the next such image), and their bases, the nearest training image of another class.
+
+    The clean model is trained for this run alone (not batched with the other runs), so that
+    this discrete choice is bit for bit the same whether the seed runs alone or in a batch."""
+    (train_features, y_train), (test_features, y_test) = clean, test
+    start = classifier.init([torch.Generator().manual_seed(seed + RETRAIN_SEED_OFFSET)])
+    clean_model = classifier.fit(start, budget, [clean])
+    right = classifier.predict(clean_model, test_features)[0] == y_test
+    correct = torch.nonzero(right).flatten()
+    if len(correct) < n:
+        raise ConfigError(
+            f"task.num_poisons={n} targets requested but the clean model of seed {seed} "
+            f"classifies only {len(correct)} test images correctly; lower task.num_poisons"
+        )
+    order = torch.randperm(len(correct), generator=torch.Generator().manual_seed(seed))
+    targets = correct[order[:n].to(correct.device)]
+    bases = _nearest_other_class(train_features, y_train, test_features[targets], y_test[targets])
+    return targets, bases
 
 
 def _nearest_other_class(train_features, y_train, target_features, target_labels):
@@ -361,8 +417,8 @@ def _nearest_other_class(train_features, y_train, target_features, target_labels
     return torch.stack(chosen)
 
 
-def build(cfg, device, generator) -> PoisonTask:
+def build(cfg, device, seeds) -> PoisonTask:
     validate(cfg)
     if cfg.task.attack == "clean_label":
-        return _clean_label_task(cfg, device, generator)
-    return _linear_task(cfg, device, generator)
+        return _clean_label_task(cfg, device, seeds)
+    return _linear_task(cfg, device, seeds)

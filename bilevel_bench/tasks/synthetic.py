@@ -2,7 +2,8 @@
 with a closed-form hypergradient; plus the task that runs any BilevelProblem by `_target_`.
 
 Variables are d = n_blocks * block_dim dimensional; A (rank-deficient problems) is block-diagonal
-with one Gaussian rank x block_dim block per block, as in the authors' code.
+with one Gaussian rank x block_dim block per block, as in the authors' code. The built-in
+problems are batched: u and v are [K, d], one row per run, and f, g return [K].
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from bilevel_bench.problem import BilevelProblem
 from bilevel_bench.tasks.base import Task
 
 
+def _sum(x: torch.Tensor) -> torch.Tensor:
+    """Per-run sum over the coordinates."""
+    return x.sum(-1)
+
+
 class BoxedProblem(BilevelProblem):
     """u, v in R^dim, initialised uniformly in the box [-box, box] and projected onto it."""
+
+    batched = True
 
     def __init__(self, dim: int, box: float | None, device="cpu", dtype=None):
         self.dim, self.box, self.device = dim, box, torch.device(device)
@@ -29,13 +37,18 @@ class BoxedProblem(BilevelProblem):
     def _tensor(self, data):
         return torch.as_tensor(data, dtype=self.dtype, device=self.device)
 
-    def init_variables(self, generator):
+    def init_variables(self, generators):
         half_width = self.box if self.box is not None else 1.0
-        u, v = (
-            (torch.rand(self.dim, generator=generator, dtype=self.dtype) * 2 - 1) * half_width
-            for _ in range(2)
-        )
-        return {"u": u.to(self.device)}, {"v": v.to(self.device)}
+
+        def draw(generator):
+            return (
+                torch.rand(self.dim, generator=generator, dtype=self.dtype) * 2 - 1
+            ) * half_width
+
+        runs = [(draw(generator), draw(generator)) for generator in generators]
+        u = torch.stack([pair[0] for pair in runs]).to(self.device)
+        v = torch.stack([pair[1] for pair in runs]).to(self.device)
+        return {"u": u}, {"v": v}
 
     def _clip(self, x):
         if self.box is None:
@@ -55,10 +68,10 @@ class SMD20(BoxedProblem):
     name = "smd20"
 
     def f(self, u, v, batch):
-        return (u["u"] ** 2).sum() + (v["v"] ** 2).sum() - 1
+        return _sum(u["u"] ** 2) + _sum(v["v"] ** 2) - 1
 
     def g(self, u, v, batch):
-        return ((1 - u["u"] - v["v"]) ** 2).sum()
+        return _sum((1 - u["u"] - v["v"]) ** 2)
 
     def optimum(self):
         half = torch.full((self.dim,), 0.5, dtype=self.dtype, device=self.device)
@@ -71,10 +84,10 @@ class SMD21(BoxedProblem):
     name = "smd21"
 
     def f(self, u, v, batch):
-        return (v["v"] ** 2).sum() - ((u["u"] - v["v"]) ** 2).sum()
+        return _sum(v["v"] ** 2) - _sum((u["u"] - v["v"]) ** 2)
 
     def g(self, u, v, batch):
-        return ((u["u"] - v["v"]) ** 2).sum()
+        return _sum((u["u"] - v["v"]) ** 2)
 
     def optimum(self):
         zero = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
@@ -97,7 +110,8 @@ class RankDeficientProblem(BoxedProblem):
         self.a, self.projector = self._tensor(a), self._tensor(p)
 
     def _apply_a(self, x):
-        return self.a @ x
+        """A x for every run's row x."""
+        return x @ self.a.T
 
 
 class SMD23(RankDeficientProblem):
@@ -106,13 +120,13 @@ class SMD23(RankDeficientProblem):
     name = "smd23"
 
     def f(self, u, v, batch):
-        return (v["v"] ** 2).sum() - (self._apply_a(u["u"] - v["v"]) ** 2).sum()
+        return _sum(v["v"] ** 2) - _sum(self._apply_a(u["u"] - v["v"]) ** 2)
 
     def g(self, u, v, batch):
-        return (self._apply_a(u["u"] - v["v"]) ** 2).sum()
+        return _sum(self._apply_a(u["u"] - v["v"]) ** 2)
 
     def upper_error(self, u, v):
-        return float(torch.linalg.vector_norm(self.projector @ u["u"].detach()))
+        return torch.linalg.vector_norm(u["u"].detach() @ self.projector.T, dim=-1).tolist()
 
 
 class SMD24(RankDeficientProblem):
@@ -121,10 +135,10 @@ class SMD24(RankDeficientProblem):
     name = "smd24"
 
     def f(self, u, v, batch):
-        return (u["u"] ** 2).sum() + (v["v"] ** 2).sum()
+        return _sum(u["u"] ** 2) + _sum(v["v"] ** 2)
 
     def g(self, u, v, batch):
-        return (self._apply_a(1 - u["u"] - v["v"]) ** 2).sum()
+        return _sum(self._apply_a(1 - u["u"] - v["v"]) ** 2)
 
     def optimum(self):
         half_p1 = 0.5 * self.projector.sum(dim=1)
@@ -136,9 +150,12 @@ class Quadratic(BilevelProblem):
 
     g = 1/2 v^T H v - v^T B u,   f = 1/2 |v - a|^2 + rho/2 |u|^2
     v*(u) = H^-1 B u,  grad F(u) = M^T (M u - a) + rho u  with M = H^-1 B
+
+    Batched: u [K, upper_dim], v [K, lower_dim]; the closed forms take one run's u.
     """
 
     name = "quadratic"
+    batched = True
 
     def __init__(
         self, upper_dim=5, lower_dim=8, condition=10.0, rho=0.1, seed=0, device="cpu", dtype=None
@@ -159,22 +176,30 @@ class Quadratic(BilevelProblem):
         self.upper_dim, self.lower_dim = upper_dim, lower_dim
         self.lipschitz = float(eigenvalues.max())
 
-    def init_variables(self, generator):
-        u = torch.randn(self.upper_dim, generator=generator, dtype=self.dtype)
-        v = torch.randn(self.lower_dim, generator=generator, dtype=self.dtype)
-        return {"u": u.to(self.device)}, {"v": v.to(self.device)}
+    def init_variables(self, generators):
+        runs = [
+            (
+                torch.randn(self.upper_dim, generator=generator, dtype=self.dtype),
+                torch.randn(self.lower_dim, generator=generator, dtype=self.dtype),
+            )
+            for generator in generators
+        ]
+        u = torch.stack([pair[0] for pair in runs]).to(self.device)
+        v = torch.stack([pair[1] for pair in runs]).to(self.device)
+        return {"u": u}, {"v": v}
 
     def f(self, u, v, batch):
-        return 0.5 * ((v["v"] - self.a) ** 2).sum() + 0.5 * self.rho * (u["u"] ** 2).sum()
+        return 0.5 * _sum((v["v"] - self.a) ** 2) + 0.5 * self.rho * _sum(u["u"] ** 2)
 
     def g(self, u, v, batch):
-        return 0.5 * v["v"] @ (self.hessian @ v["v"]) - v["v"] @ (self.b @ u["u"])
+        lower = v["v"]
+        return 0.5 * _sum(lower * (lower @ self.hessian.T)) - _sum(lower * (u["u"] @ self.b.T))
 
     def lower_solution(self, u):
         return torch.linalg.solve(self.hessian, self.b @ u)
 
     def hypergradient(self, u):
-        """Exact d/du f(u, v*(u))."""
+        """Exact d/du f(u, v*(u)) for one run's u."""
         m = torch.linalg.solve(self.hessian, self.b)
         return m.T @ (m @ u - self.a) + self.rho * u
 
@@ -194,22 +219,24 @@ class SyntheticTask(Task):
     def evaluate(self, u, v):
         problem = self.problem
         with torch.enable_grad():
-            v_live = {k: t.detach().requires_grad_() for k, t in v.items()}
-            u_fixed = autodiff.detached(u)
-            upper_batch, lower_batch = problem.sample_batches(self.eval_generator)
-            f = problem.f(u_fixed, v_live, upper_batch)
-            gv = autodiff.grad(problem.g(u_fixed, v_live, lower_batch), v_live)
-        metrics = {
-            "upper_loss": float(f.detach()),
-            "lower_grad_norm": float(autodiff.norm_sq(gv).sqrt()),
-        }
-        error = problem.upper_error(u, v)
-        if error is not None:
-            metrics["upper_error"] = error
+            v_live = autodiff.leaves(v)
+            upper_batch, lower_batch = problem.sample_batches(self.eval_stream)
+            bound = problem.bind(autodiff.detached(u), upper_batch, lower_batch)
+            f = bound.f(v_live)
+            gv = autodiff.grad(bound.g(v_live), v_live)
+        upper_loss = f.detach().tolist()
+        lower_grad_norm = autodiff.norm_sq(gv).sqrt().tolist()
+        errors = problem.upper_error(u, v)
+        metrics = []
+        for run in range(self.runs):
+            point = {"upper_loss": upper_loss[run], "lower_grad_norm": lower_grad_norm[run]}
+            if errors is not None:
+                point["upper_error"] = errors[run]
+            metrics.append(point)
         return metrics
 
 
-def build(cfg, device, generator) -> SyntheticTask:
+def build(cfg, device, seeds) -> SyntheticTask:
     problem_cfg = dict(cfg.task.problem)
     target = problem_cfg.pop("_target_", None)
     dtype = getattr(torch, cfg.dtype)
@@ -247,4 +274,4 @@ def build(cfg, device, generator) -> SyntheticTask:
     dataset_name = getattr(problem, "name", cls.__name__)
     if dataset_name == BilevelProblem.name:
         dataset_name = cls.__name__
-    return SyntheticTask(problem, cfg, dataset_name)
+    return SyntheticTask(problem, cfg, dataset_name, seeds, device)
