@@ -41,13 +41,16 @@ def derive(key: torch.Tensor, salt: int | torch.Tensor) -> torch.Tensor:
 
 def bits(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """key.shape + shape int64 values in [0, 2^31); distinct within one key (a bijective hash of
-    the element index), so that sorting them gives a random permutation without ties."""
+    the element index), so that sorting them gives a random permutation without ties.
+
+    One mix per element, of the spread index xor a mixed key: every elementwise pass costs
+    memory traffic on large draws (dropout masks), so the per-key work is done once."""
     count = 1
     for size in shape:
         count *= size
     index = torch.arange(count, dtype=torch.int64, device=key.device).view(shape)
-    key = key.reshape(key.shape + (1,) * len(shape))
-    return mix(mix((index * _INDEX_STRIDE + key) & MASK) ^ derive(key, 0x1F))
+    salt = derive(key, 0x1F).reshape(key.shape + (1,) * len(shape))
+    return mix(((index * _INDEX_STRIDE) & MASK) ^ salt)
 
 
 def uniform(key: torch.Tensor, shape: tuple[int, ...], dtype=None) -> torch.Tensor:
@@ -76,5 +79,12 @@ def without_replacement(key: torch.Tensor, shape: tuple[int, ...], population: i
 
 
 def keep_mask(key: torch.Tensor, shape: tuple[int, ...], keep: float) -> torch.Tensor:
-    """Boolean mask with each element True with probability `keep` (dropout's kept units)."""
-    return bits(key, shape) < int(keep * 2**31)
+    """Boolean mask with each element True with probability `keep` (dropout's kept units), to a
+    resolution of 2^-15: each 31-bit hash serves two elements, halving the hashing."""
+    count = 1
+    for size in shape:
+        count *= size
+    pairs = bits(key, ((count + 1) // 2,))
+    lanes = torch.stack([pairs & 0x7FFF, (pairs >> 15) & 0x7FFF], dim=-1).flatten(-2)
+    kept = lanes[..., :count] < round(keep * 2**15)
+    return kept.reshape(key.shape + tuple(shape))

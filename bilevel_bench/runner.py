@@ -117,12 +117,18 @@ def new_progress(seeds: list[int]) -> Progress:
 
 
 def execute(
-    cfg, seeds: list[int], device: torch.device, dirs: list[Path], saver=None, progress=None
+    cfg,
+    seeds: list[int],
+    device: torch.device,
+    dirs: list[Path],
+    saver=None,
+    progress=None,
+    task=None,
 ) -> Outcome:
-    """Build, initialise (or resume), train and finish the runs of `seeds` together.
-
-    `progress` (updated in place) tells the caller how far a run that raised got."""
-    task = build_task(cfg, device, seeds)
+    """Build (unless `task` is given), initialise (or resume), train and finish the runs of
+    `seeds` together. `progress` (updated in place) tells the caller how far a run that raised
+    got."""
+    task = build_task(cfg, device, seeds) if task is None else task
     state, solver = _initial_state(cfg, task, seeds, device)
     progress = new_progress(seeds) if progress is None else progress
     if saver is not None:
@@ -166,9 +172,11 @@ def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[
     saver = Checkpoint.for_run(cfg, results.batch_key(cfg, seeds))
     progress = new_progress(seeds)
     try:
-        outcome = execute(cfg, seeds, device, dirs, saver, progress)
+        task = build_task(cfg, device, seeds)
+        for row in rows:  # known from here on, also for a run that fails later
+            row["dataset"] = task.dataset_name
+        outcome = execute(cfg, seeds, device, dirs, saver, progress, task)
         for run, row in enumerate(rows):
-            row["dataset"] = outcome.task.dataset_name
             if run in outcome.progress.diverged:
                 row["status"], row["error"] = "diverged", outcome.progress.diverged[run]
             else:
@@ -178,7 +186,7 @@ def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[
         error = err
         for row in rows:
             row["status"], row["error"] = "failed", f"{type(err).__name__}: {err}"
-        for directory in dirs:
+        for directory in {run_dir, *dirs}:  # the run dir too: the CLI's message points there
             (directory / "error.txt").write_text(traceback.format_exc())
     peak = _peak_memory_mb(device)
     for run, (row, directory) in enumerate(zip(rows, dirs, strict=True)):

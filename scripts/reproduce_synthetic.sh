@@ -3,12 +3,12 @@
 # Alternating (the authors' "GD"), RMD, ApproxGrad and Penalty, at the authors' settings
 # (experiment=synthetic_paper), then the table and the convergence plots.
 #   scripts/reproduce_synthetic.sh [results_dir] [extra hydra overrides...]
+# The 20 trials of a setting run as one batch (runs=20: one process, one row per trial).
 # Long on a CPU (40001 upper steps per run); use launcher=joblib / slurm to spread it out.
 set -euo pipefail
 out=${1:-results/synthetic_paper}
 shift || true
-seeds=$(seq -s, 0 19)
-common=(experiment=synthetic_paper dataset=smd20,smd21,smd23,smd24 solver.T=1,5,10 "seed=$seeds"
+common=(experiment=synthetic_paper dataset=smd20,smd21,smd23,smd24 solver.T=1,5,10 runs=20
         "results_dir=$out" "$@")
 bilevel-bench -m solver=penalty,rmd,alternating "${common[@]}"
 for T in 1 5 10; do  # ApproxGrad: lr_p = 1e-4 and T2 = T as in the authors' synthetic code
