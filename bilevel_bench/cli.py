@@ -45,7 +45,16 @@ def app(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     runs_csv = Path(cfg.results_dir) / "runs.csv"
+    try:  # before reading seed and runs below
+        runner.validate(cfg)
+    except ConfigError as err:
+        _finish_not_ok(f"config error: {err}", 2, in_sweep)
+        return
     done = already_done(cfg)
+    if done and len(done) < int(cfg.runs) and cfg.get("max_train_minutes") is not None:
+        # under a time budget a run's result depends on its batch size: all K run again
+        print("[note] max_train_minutes is set and only some seeds are done: the batch runs whole")
+        done = []
     for row in done:
         print(
             f"[skipped] {_describe(row)}: already has an ok row in {runs_csv} "

@@ -41,9 +41,10 @@ class ConjugateGradient:
         for _ in range(self.iterations):
             ap = operator(p)
             curvature = autodiff.dot(p, ap)
-            # a run whose residual is exactly zero has converged: it stops moving, without a
-            # host-side test (0 / 0 would otherwise give NaN)
-            alpha = torch.where(curvature > 0, rs / curvature, torch.zeros_like(rs))
+            # a run whose residual is exactly zero has converged (p = r = 0): it stops moving,
+            # without a host-side test (0 / 0 would otherwise give NaN). Negative curvature
+            # (a nonconvex lower level) keeps its negative step, as plain CG does.
+            alpha = torch.where(curvature != 0, rs / curvature, torch.zeros_like(rs))
             x = autodiff.add(x, p, scale=alpha)
             r = autodiff.add(r, ap, scale=-alpha)
             rs_new = autodiff.norm_sq(r)

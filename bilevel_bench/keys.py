@@ -54,9 +54,14 @@ def bits(key: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def uniform(key: torch.Tensor, shape: tuple[int, ...], dtype=None) -> torch.Tensor:
-    """Uniform numbers in [0, 1)."""
-    dtype = dtype or torch.get_default_dtype()
-    return bits(key, shape).to(dtype) * (1.0 / 2**31)
+    """Uniform numbers in [0, 1), the same in float32 and float64."""
+    return unit_interval(bits(key, shape), dtype or torch.get_default_dtype())
+
+
+def unit_interval(values: torch.Tensor, dtype) -> torch.Tensor:
+    """[0, 2^31) integers to [0, 1) on a grid of 2^-24: the top 24 bits, which float32 holds
+    exactly (all 31 would round the largest values up to 1.0, and log(1 - u) to -inf)."""
+    return (values >> 7).to(dtype) * (1.0 / 2**24)
 
 
 def normal(key: torch.Tensor, shape: tuple[int, ...], dtype=None) -> torch.Tensor:

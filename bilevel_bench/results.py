@@ -50,12 +50,21 @@ NOT_HASHED_DATA = {"root", "download"}
 HASHED_WHEN_SET = {"max_train_minutes"}
 
 
-def _hashable(cfg: DictConfig) -> dict:
+def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True)
+    if runs is not None:  # the batch size it was (or will be) computed with
+        container["runs"] = runs
+    # Under a time budget a batch of runs gets fewer steps than a single run (each of its steps
+    # costs more): then the batch size is part of what was computed.
+    budgeted_batch = (
+        container.get("max_train_minutes") is not None and container.get("runs", 1) != 1
+    )
     container = {
         k: v
         for k, v in container.items()
-        if k not in NOT_HASHED and k != "hydra" and not (k in HASHED_WHEN_SET and v is None)
+        if (k not in NOT_HASHED or (k == "runs" and budgeted_batch))
+        and k != "hydra"
+        and not (k in HASHED_WHEN_SET and v is None)
     }
     if isinstance(container.get("data"), dict):
         container["data"] = {k: v for k, v in container["data"].items() if k not in NOT_HASHED_DATA}
@@ -66,10 +75,11 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def config_hash(cfg: DictConfig, seed: int | None = None) -> str:
+def config_hash(cfg: DictConfig, seed: int | None = None, runs: int | None = None) -> str:
     """The hash of the single run of `seed` (default: cfg.seed): the same whether the run was
-    computed alone or as one of a batch of runs, so that skip, resume and tables treat them alike."""
-    container = _hashable(cfg)
+    computed alone or as one of a batch of runs, so that skip, resume and tables treat them alike
+    (except under max_train_minutes, where `runs`, default cfg.runs, counts)."""
+    container = _hashable(cfg, runs)
     if seed is not None:
         container["seed"] = seed
     return _digest(container)
@@ -79,8 +89,9 @@ def batch_key(cfg: DictConfig, seeds: list[int]) -> str:
     """Identifies one batched computation (its checkpoint): the config and the exact seeds. A
     single run's key is its config hash."""
     if len(seeds) == 1:
-        return config_hash(cfg, seeds[0])
-    return _digest({"config_hash": config_hash(cfg, seeds[0]), "seeds": list(seeds)})
+        return config_hash(cfg, seeds[0], runs=1)
+    first = config_hash(cfg, seeds[0], runs=len(seeds))
+    return _digest({"config_hash": first, "seeds": list(seeds)})
 
 
 def group_hash(cfg: DictConfig) -> str:

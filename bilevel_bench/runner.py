@@ -133,7 +133,9 @@ def execute(
     progress = new_progress(seeds) if progress is None else progress
     if saver is not None:
         loaded = saver.load(device)
-        if loaded is not None and same_structure(loaded[0], state):
+        if loaded is not None and not same_structure(loaded[0], state):
+            log.warning("ignoring checkpoint %s: its state does not fit this run", saver.path)
+        elif loaded is not None:
             state = loaded[0]
             vars(progress).update(vars(loaded[1]))
     state = _train(cfg, task, solver, state, progress, saver, device)
@@ -159,7 +161,7 @@ def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[
                 solver=cfg.solver.name,
                 seed=seed,
                 runs=len(seeds),
-                config_hash=results.config_hash(cfg, seed),
+                config_hash=results.config_hash(cfg, seed, runs=len(seeds)),
                 group_hash=results.group_hash(cfg),
                 run_dir=str(directory.resolve()),
                 **environment,

@@ -12,6 +12,7 @@ the masks it would have drawn. Without a key (evaluation) there is no dropout.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -42,18 +43,31 @@ class DropoutMasks:
 
 def _dropout_shapes(network: nn.Module, batch_shape):
     """(KeyedDropout layer, the shape of one run's activations there) for each such layer."""
-    if not isinstance(network, nn.Sequential):
-        return []
-    found = []
-    with torch.no_grad():
-        x = torch.zeros(1, *batch_shape[1:])
-        for layer in network:
-            if isinstance(layer, KeyedDropout):
-                if layer.p > 0:
-                    found.append((layer, (batch_shape[0], *x.shape[1:])))
-            else:
-                x = layer(x)
-    return found
+    per_example = _per_example_dropout_shapes(network, tuple(batch_shape[1:]))
+    return [(layer, (batch_shape[0], *shape)) for layer, shape in per_example]
+
+
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _per_example_dropout_shapes(network: nn.Module, input_shape: tuple[int, ...]):
+    """Found once per network and input shape by a forward pass of one example on the
+    network's own device (not at every minibatch)."""
+    known = _SHAPES.setdefault(network, {})
+    if input_shape not in known:
+        found = []
+        if isinstance(network, nn.Sequential):
+            first = next(network.parameters())
+            with torch.no_grad():
+                x = torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype)
+                for layer in network:
+                    if isinstance(layer, KeyedDropout):
+                        if layer.p > 0:
+                            found.append((layer, tuple(x.shape[1:])))
+                    else:
+                        x = layer(x)
+        known[input_shape] = found
+    return known[input_shape]
 
 
 class KeyedDropout(nn.Module):
