@@ -321,14 +321,13 @@ def _train(cfg, task, solver, state, progress: Progress, saver, device) -> dict:
             _synchronize(device)
             progress.train_time += time.perf_counter() - started
             record(0)
+        alive, frozen = None, set()
         for step in range(progress.step + 1, task.total_steps + 1):
             if len(progress.diverged) == task.runs:
                 break
-            alive = None
-            if progress.diverged:  # known on the host since the last evaluation: no sync
-                alive = torch.tensor(
-                    [run not in progress.diverged for run in range(task.runs)], device=device
-                )
+            if set(progress.diverged) != frozen:  # changes only at an evaluation: no sync here
+                frozen = set(progress.diverged)
+                alive = torch.tensor([run not in frozen for run in range(task.runs)], device=device)
             started = time.perf_counter()
             new_state, diagnostics = solver.step(state)
             state = new_state if alive is None else freeze(alive, new_state, state)
