@@ -11,7 +11,7 @@ what "the same command" means; the hash leaves out checkpoint_every, force and r
 changing how often to checkpoint still resumes. Next to runs.csv, so that a sweep and its
 checkpoints move together.
 
-Written atomically (temporary file, then os.replace): a kill during the write leaves the previous
+Written atomically (bilevel_bench.files.replacing): a kill during the write leaves the previous
 checkpoint intact. Only tensors and plain values are stored, so it loads with
 torch.load(weights_only=True). The checkpoint is deleted once the rows are written (ok, failed
 or diverged): it exists only to survive interruptions (kill, timeout, preemption).
@@ -20,13 +20,13 @@ or diverged): it exists only to survive interruptions (kill, timeout, preemption
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from bilevel_bench.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,8 @@ class Checkpoint:
             "curves": progress.curves,
             "diverged": progress.diverged,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(self.path, binary=True) as handle:
+            torch.save(payload, handle)
 
     def load(self, device: torch.device) -> tuple[dict[str, Any], Progress] | None:
         """(state, progress) from the checkpoint if there is a usable one, else None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,8 @@ def non_negative_int(key: str, value: Any) -> None:
 def _number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number (got {value!r})")
+    if not math.isfinite(value):  # inf passes every comparison below, and nan none of them
+        raise ConfigError(f"{key} must be a finite number (got {value!r})")
     return float(value)
 
 

@@ -1,31 +1,42 @@
-"""`bilevel-bench`: the Hydra application. Thin on purpose: skip if done, run, report the outcome.
+"""`bilevel-bench`: the Hydra application. Thin on purpose: check, skip if done, run, report.
 
-Exit codes: 0 ok or skipped (already done), 1 the run failed or diverged, 2 config error. In a
-sweep (-m) a job that does not end ok raises RunNotOk instead: Hydra records that job as failed
+Exit codes (README, "Failures"):
+  0    ok, or skipped (already done)
+  1    a run failed or diverged, or its results could not all be written (the message says which)
+  2    config or data error, Hydra's own included: nothing ran and no row was written
+  130  interrupted (Ctrl-C): no row; the same command resumes it (from its checkpoint, if any)
+In a sweep (-m) a job that does not end ok raises RunNotOk instead: Hydra records that job as failed
 and carries on with the others, and the sweep exits 1 when they are all done.
+
+User errors (config, data, environment) print one line naming the key or file and the fix; the
+traceback, when there is one worth keeping, goes to the run's error.txt.
 """
 
 from __future__ import annotations
 
 import gc
-import logging
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_bench import results, runner
+from bilevel_bench.checkpoint import Checkpoint
 from bilevel_bench.checks import ConfigError
+from bilevel_bench.hydra_hooks import ConfigComposed
 
-log = logging.getLogger(__name__)
+EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
 
 
-class RunNotOk(RuntimeError):
-    """A sweep job that failed, diverged or had a config error (its row, if any, is written)."""
+class RunNotOk(CompactHydraException):
+    """A sweep job that failed, diverged or had a config error (its row, if any, is written).
+    Hydra prints a compact exception's message alone, without a traceback."""
 
 
 def config_dir() -> str:
@@ -44,39 +55,35 @@ def app(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    runs_csv = Path(cfg.results_dir) / "runs.csv"
-    try:  # before reading seed and runs below
+    runs_csv = Path(cfg.results_dir) / results.RUNS_CSV
+    try:  # before reading seed, runs and runs.csv below
         runner.validate(cfg)
+        results.check_results_dir(Path(cfg.results_dir))
     except ConfigError as err:
-        _finish_not_ok(f"config error: {err}", 2, in_sweep)
+        remove_hydra_leftovers(run_dir, hydra_cfg)
+        _finish_not_ok(f"config error: {err}", EXIT_CONFIG, in_sweep)
         return
-    done = already_done(cfg)
-    if done and len(done) < int(cfg.runs) and cfg.get("max_train_minutes") is not None:
-        # under a time budget a run's result depends on its batch size: all K run again
-        print("[note] max_train_minutes is set and only some seeds are done: the batch runs whole")
-        done = []
-    for row in done:
-        print(
-            f"[skipped] {_describe(row)}: already has an ok row in {runs_csv} "
-            f"(config_hash={row['config_hash']}, run_dir={row['run_dir']}); "
-            "force=true re-runs it"
-        )
-    done_seeds = {int(row["seed"]) for row in done}
-    seeds = [seed for seed in runner.group_seeds(cfg) if seed not in done_seeds]
+    seeds = seeds_to_run(cfg, runs_csv)
     if not seeds:
+        remove_hydra_leftovers(run_dir, hydra_cfg)
         return
     job_num = 0 if OmegaConf.is_missing(hydra_cfg.job, "num") else int(hydra_cfg.job.num)
     failure: tuple[str, int] | None = None
     try:
         rows = runner.run(cfg, run_dir, job_num=job_num, seeds=seeds)
-    except ConfigError as err:
-        failure = (f"config error: {err}", 2)
+    except KeyboardInterrupt:
+        print(f"bilevel-bench: {interrupted(cfg, seeds)}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)  # in a sweep too: Ctrl-C stops it all
+    except runner.USER_ERRORS as err:  # nothing ran: no row (the runner kept the traceback)
+        kind = "config error" if isinstance(err, ConfigError) else "data error"
+        failure = (f"{kind}: {err}{_traceback_note(run_dir)}", EXIT_CONFIG)
+    except runner.RecordError as err:
+        failure = (str(err), EXIT_FAILED)
     except Exception as err:  # the runner wrote the failed rows and error.txt before re-raising
-        log.error("run failed", exc_info=err)
         failure = (
             f"[failed] {type(err).__name__}: {err}; traceback in {run_dir / 'error.txt'}, "
             f"the failed row(s) appended to {runs_csv}",
-            1,
+            EXIT_FAILED,
         )
     if failure is not None:  # outside the except block, so nothing keeps the error's frames
         _release_memory()  # a sweep in this process goes on: free what the failed run held
@@ -91,19 +98,72 @@ def app(cfg: DictConfig) -> None:
     print(f"results: {run_dir / where} (curve.csv beside it); {count} appended to {runs_csv}")
     not_ok = [row for row in rows if row["status"] != "ok"]
     if not_ok:
-        _finish_not_ok(f"[{not_ok[0]['status']}] {not_ok[0]['error']}", 1, in_sweep)
+        _finish_not_ok(f"[{not_ok[0]['status']}] {not_ok[0]['error']}", EXIT_FAILED, in_sweep)
+
+
+def seeds_to_run(cfg: DictConfig, runs_csv: Path) -> list[int]:
+    """The group's seeds that have no ok row yet (each skipped one is announced)."""
+    done = already_done(cfg)
+    if done and len(done) < int(cfg.runs) and cfg.get("max_train_minutes") is not None:
+        # under a time budget a run's result depends on its batch size: all K run again
+        print("[note] max_train_minutes is set and only some seeds are done: the batch runs whole")
+        done = []
+    for row in done:
+        print(
+            f"[skipped] {_describe(row)}: already has an ok row in {runs_csv} "
+            f"(config_hash={row['config_hash']}, run_dir={row['run_dir']}); "
+            "force=true re-runs it"
+        )
+    done_seeds = {int(row["seed"]) for row in done}
+    return [seed for seed in runner.group_seeds(cfg) if seed not in done_seeds]
 
 
 def already_done(cfg: DictConfig) -> list[dict[str, str]]:
     """The ok rows in runs.csv of this config's seeds (those runs are skipped), unless force."""
     if cfg.get("force", False):
         return []
-    path = Path(cfg.results_dir) / "runs.csv"
+    path = Path(cfg.results_dir) / results.RUNS_CSV
     found = [
         results.find_ok_row(path, results.config_hash(cfg, seed))
         for seed in runner.group_seeds(cfg)
     ]
     return [row for row in found if row is not None]
+
+
+def remove_hydra_leftovers(run_dir: Path, hydra_cfg: DictConfig) -> None:
+    """A job that runs nothing (config error, all seeds done) leaves no folder behind: remove
+    what Hydra wrote there before the job started (.hydra/ and the job's log), then the folder
+    and its parents below the working directory (outputs/DATE/) while that empties them.
+    Anything else stays."""
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    log_file = OmegaConf.select(hydra_cfg, "job_logging.handlers.file.filename")
+    if log_file:
+        Path(log_file).unlink(missing_ok=True)
+    here = Path.cwd().resolve()
+    for folder in [run_dir.resolve(), *run_dir.resolve().parents]:
+        if folder == here or not folder.is_relative_to(here):
+            break
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the rest is someone else's
+            break
+
+
+def interrupted(cfg: DictConfig, seeds: list[int]) -> str:
+    """What Ctrl-C left behind and how to go on: true whichever step it came at."""
+    saver = Checkpoint.for_run(cfg, results.batch_key(cfg, seeds))
+    if saver is not None and saver.path.is_file():
+        return (
+            "interrupted; no row written. Re-run the same command to resume from its "
+            f"checkpoint ({saver.path})"
+        )
+    hint = "" if saver is not None else " (checkpoint_every=N saves progress to resume from)"
+    return f"interrupted; no row written. Re-run the same command to start it again{hint}"
+
+
+def _traceback_note(run_dir: Path) -> str:
+    path = run_dir / "error.txt"
+    return f" (traceback in {path})" if path.is_file() else ""
 
 
 def _describe(row) -> str:
@@ -131,7 +191,16 @@ def _release_memory() -> None:
 
 
 def main() -> None:
-    app()
+    ConfigComposed.composed = False  # main() may run more than once in one process (tests)
+    try:
+        app()
+    except SystemExit as done:
+        if done.code == 1 and not ConfigComposed.composed:  # Hydra's own config error
+            raise SystemExit(EXIT_CONFIG) from None
+        raise
+    except KeyboardInterrupt:  # before or after a run (during one, app() says more)
+        print("bilevel-bench: interrupted", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 if __name__ == "__main__":

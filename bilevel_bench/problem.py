@@ -52,6 +52,26 @@ class BoundObjectives:
     h: Callable[[Variables], torch.Tensor] | None = None
 
 
+REQUIRED = {
+    "init_variables": "init_variables(generator) -> (u, v), the starting variables",
+    "f": "f(u, v, batch), the upper objective",
+    "g": "g(u, v, batch), the lower objective",
+}
+
+
+def missing_method(problem: Any, method: str) -> str:
+    cls = problem if isinstance(problem, type) else type(problem)
+    return (
+        f"{cls.__name__} does not define {REQUIRED[method]}: every BilevelProblem subclass "
+        "implements init_variables, f and g (see bilevel_bench/problem.py)"
+    )
+
+
+def missing_methods(cls: type) -> list[str]:
+    """The required methods `cls` leaves to BilevelProblem (which only raises)."""
+    return [m for m in REQUIRED if getattr(cls, m) is getattr(BilevelProblem, m)]
+
+
 class BilevelProblem:
     """Subclass and implement `init_variables`, `f` and `g`; everything else is optional."""
 
@@ -63,15 +83,15 @@ class BilevelProblem:
     # --- required -----------------------------------------------------------------------------
     def init_variables(self, generator: torch.Generator) -> tuple[Variables, Variables]:
         """Fresh (u, v) for one run: dicts of tensors (batched problems: see the module doc)."""
-        raise NotImplementedError
+        raise NotImplementedError(missing_method(self, "init_variables"))
 
     def f(self, u: Variables, v: Variables, batch: Batch) -> torch.Tensor:
         """Upper objective (a scalar; one per run when batched)."""
-        raise NotImplementedError
+        raise NotImplementedError(missing_method(self, "f"))
 
     def g(self, u: Variables, v: Variables, batch: Batch) -> torch.Tensor:
         """Lower objective (a scalar; one per run when batched)."""
-        raise NotImplementedError
+        raise NotImplementedError(missing_method(self, "g"))
 
     # --- optional -----------------------------------------------------------------------------
     #: Equality constraints h(u, v) = 0 (a tensor). None means unconstrained.
@@ -174,7 +194,8 @@ class VmappedProblem(BilevelProblem):
 
         def objective(which):
             def per_run(u_, v_, upper_, lower_):
-                return getattr(problem.bind(u_, upper_, lower_), which)(v_)
+                value = getattr(problem.bind(u_, upper_, lower_), which)(v_)
+                return value if which == "h" else _scalar(value, problem, which)
 
             return lambda v: self._vmap(
                 which, per_run, u, v, upper_batch, lower_batch, in_dims=dims
@@ -224,6 +245,18 @@ class VmappedProblem(BilevelProblem):
             for run in range(runs)
         ]
         return None if errors[0] is None else errors
+
+
+def _scalar(value: Any, problem: BilevelProblem, which: str) -> torch.Tensor:
+    """A one-run objective's value, checked: torch would otherwise fail later with a message about
+    vmap or gradients that names neither the method nor the rule."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        return value
+    got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    raise TypeError(
+        f"{type(problem).__name__}.{which} must return a scalar tensor (one number per run), got "
+        f"{got}: build it from the variables with torch operations and reduce it, e.g. .sum()"
+    )
 
 
 def batched(problem: BilevelProblem) -> BilevelProblem:

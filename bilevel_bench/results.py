@@ -20,7 +20,11 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-IDENTITY = ["task", "dataset", "solver", "seed", "status"]
+from bilevel_bench.checks import ConfigError
+from bilevel_bench.files import replacing
+
+# `baseline`: which of the paper's baselines a run is (e.g. oracle, val_only), empty otherwise
+IDENTITY = ["task", "dataset", "solver", "baseline", "seed", "status"]
 METRICS = ["test_acc", "val_acc", "upper_loss", "lower_grad_norm", "upper_error"]
 COST = ["runtime_s", "peak_mem_mb", "upper_steps"]
 # How it ran: `runs` = K, the number of seeds computed together (runtime_s and peak_mem_mb are
@@ -45,9 +49,9 @@ COLUMNS = IDENTITY + METRICS + COST + HOW + PROVENANCE
 # acts through the solver values it sets (which are hashed).
 NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every", "slurm", "runs", "tuned"}
 NOT_HASHED_DATA = {"root", "download"}
-# Top-level keys added after results were committed: hashed only when set, so that their default
-# (null) leaves every earlier config hash, and with it skip-if-done and resume, unchanged.
-HASHED_WHEN_SET = {"max_train_minutes"}
+# Keys added after results were committed: hashed only when set, so that their default (null)
+# leaves every earlier config hash, and with it skip-if-done and resume, unchanged.
+HASHED_WHEN_SET = {"max_train_minutes", "task.baseline_epochs"}
 
 
 def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
@@ -62,13 +66,74 @@ def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
     container = {
         k: v
         for k, v in container.items()
-        if (k not in NOT_HASHED or (k == "runs" and budgeted_batch))
-        and k != "hydra"
-        and not (k in HASHED_WHEN_SET and v is None)
+        if (k not in NOT_HASHED or (k == "runs" and budgeted_batch)) and k != "hydra"
     }
+    for key in HASHED_WHEN_SET:
+        *parents, leaf = key.split(".")
+        section = container
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and section.get(leaf, 0) is None:
+            del section[leaf]
     if isinstance(container.get("data"), dict):
         container["data"] = {k: v for k, v in container["data"].items() if k not in NOT_HASHED_DATA}
     return container
+
+
+CONFIGS = "configs.jsonl"  # beside runs.csv: each row's config, by config hash
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"task": {"noise": 0.5}} -> {"task.noise": 0.5}; lists as JSON text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def run_config(cfg: DictConfig, seed: int, runs: int) -> dict[str, Any]:
+    """One run's resolved config, flattened (what a table needs to tell settings apart)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container = {k: v for k, v in container.items() if k != "hydra"}
+    container.update(seed=seed, runs=runs)
+    return flatten(container)
+
+
+def append_configs(path: Path, configs: dict[str, dict[str, Any]]) -> None:
+    """Record configs by hash in `path` (configs.jsonl), once each, under a file lock: rows
+    can then be matched on any config key (the report, the paper page) without their run
+    folders, which stay on the machine that ran them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=600):
+        known = set(read_configs(path))
+        lines = [
+            json.dumps({"config_hash": h, "config": c}, sort_keys=True, default=str) + "\n"
+            for h, c in configs.items()
+            if h not in known
+        ]
+        if lines:
+            with open(path, "a") as handle:
+                handle.writelines(lines)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def read_configs(path: Path) -> dict[str, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    configs = {}
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                entry = json.loads(line)
+                configs[entry["config_hash"]] = entry["config"]
+    return configs
 
 
 def _digest(obj: Any) -> str:
@@ -147,20 +212,97 @@ def _clean(value: Any) -> Any:
 
 def write_json(path: Path, payload: dict) -> None:
     """Atomic: write beside the target, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    with replacing(path) as handle:
         json.dump({k: _clean(v) for k, v in payload.items()}, handle, indent=2, default=str)
-    os.replace(tmp, path)
+
+
+RUNS_CSV = "runs.csv"
+# a runs.csv without these columns was not written by bilevel-bench
+OWN_COLUMNS = ["task", "dataset", "solver", "seed", "status", "config_hash"]
+
+
+class RunsCsvError(ConfigError):
+    """A runs.csv that cannot be appended to safely; bilevel-bench never rewrites such a file."""
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """The rows of a runs.csv; RunsCsvError names the first line that does not parse."""
+    header, records = parse_csv(Path(path))
+    return [dict(zip(header, record, strict=True)) for record in records]
+
+
+def parse_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, records) of a CSV file, every record with the header's number of fields; a
+    missing or empty file has no header. Raises RunsCsvError naming the file and the bad line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return [], []
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise _binary(path) from None
+    if "\x00" in text:
+        raise _binary(path)
+    # strict: an unclosed or stray quote is an error, not a field that swallows the next lines
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
+    records: list[list[str]] = []
+    line = 1  # where the record being read starts (a quoted field may span lines)
+    try:
+        for record in reader:
+            if not header:
+                header = record
+            elif record and len(record) != len(header):
+                raise _bad_line(path, line, f"{len(record)} fields, the header has {len(header)}")
+            elif record:
+                records.append(record)
+            line = reader.line_num + 1
+    except csv.Error as err:
+        raise _bad_line(path, line, str(err)) from None
+    return header, records
+
+
+def _binary(path: Path) -> RunsCsvError:
+    return RunsCsvError(f"{path} is binary, not a CSV text file: move it away")
+
+
+def _bad_line(path: Path, line: int, problem: str) -> RunsCsvError:
+    return RunsCsvError(
+        f"{path}, line {line}: {problem}. Repair or delete that line (bilevel-bench never "
+        "rewrites a broken runs.csv)"
+    )
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """Before any work: results_dir is a writable folder and its runs.csv, if there is one, was
+    written by bilevel-bench and parses. Raises ConfigError naming the problem and the fix."""
+    folder = Path(results_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"results_dir={folder} is a file, not a folder: choose another results_dir"
+        )
+    runs_csv = folder / RUNS_CSV
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(
+            dir=folder
+        ):  # what permissions alone do not tell (root, ro mounts)
+            pass
+        if runs_csv.exists():
+            with open(runs_csv, "a"):  # appendable? (appending nothing leaves it as it was)
+                pass
+    except OSError as err:
+        raise ConfigError(
+            f"results_dir={folder} is not writable ({err.strerror or err}: "
+            f"{err.filename or folder}): fix its permissions or choose another results_dir"
+        ) from None
+    header, _ = parse_csv(runs_csv)
+    missing = [column for column in OWN_COLUMNS if column not in header]
+    if header and missing:
+        raise RunsCsvError(
+            f"{runs_csv} was not written by bilevel-bench (no {', '.join(missing)} column): "
+            "move it away or choose another results_dir"
+        )
 
 
 def find_ok_row(path: Path, config_hash: str) -> dict[str, str] | None:
@@ -197,15 +339,11 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
                 os.fsync(handle.fileno())
             return
         header = _ordered_header(existing_header + new_columns)
-        rows = read_rows(path) + [row]
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", newline="") as handle:
+        rows = read_rows(path) + [row]  # raises on a broken file: it is never rewritten
+        with replacing(path) as handle:
             writer = csv.DictWriter(handle, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
 
 def _ordered_header(columns: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bilevel_bench import autodiff, checks, devices, keys, results
+from bilevel_bench import autodiff, checks, devices, keys, results, tasks
 from bilevel_bench.checkpoint import Checkpoint, Progress, same_structure
+from bilevel_bench.data.errors import DatasetError
 from bilevel_bench.solvers import SOLVERS, solver_class
 from bilevel_bench.tasks import build_task
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+# Run keys hold a seed's low 31 bits (bilevel_bench.keys): seeds 2**31 apart would draw the
+# same random numbers, so every seed of a batch stays below this.
+SEED_LIMIT = 2**31
+# Mistakes in the config or the data, found while building or starting the runs: nothing has
+# been computed, so no row is written (the traceback goes to error.txt, the message is short).
+USER_ERRORS = (checks.ConfigError, DatasetError)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,17 @@ def validate(cfg: DictConfig) -> None:
     """Everything that can be checked before any work; raises ConfigError naming the key."""
     checks.non_negative_int("seed", cfg.seed)
     checks.positive_int("runs", cfg.get("runs", 1))
+    if cfg.seed + cfg.get("runs", 1) > SEED_LIMIT:
+        raise checks.ConfigError(
+            f"seed={cfg.seed} with runs={cfg.get('runs', 1)}: every seed must be below 2**31 = "
+            f"{SEED_LIMIT} (the random streams use a seed's low 31 bits); e.g. seed=0"
+        )
+    if str(cfg.results_dir).startswith("~"):
+        raise checks.ConfigError(
+            f"results_dir={cfg.results_dir!r} starts with '~', which is not expanded here (it "
+            f"would create a folder named '~'): write the path out, e.g. "
+            f"results_dir={Path(str(cfg.results_dir)).expanduser()}"
+        )
     checks.one_of(*DTYPES)("dtype", cfg.dtype)
     if not DEVICE_PATTERN.fullmatch(str(cfg.device)):
         raise checks.ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
@@ -86,6 +106,7 @@ def run(
     `job_num` (a sweep's job number) picks which free GPU to try first (see devices.py).
     """
     validate(cfg)
+    results.check_results_dir(Path(cfg.results_dir))
     seeds = group_seeds(cfg) if seeds is None else list(seeds)
     with devices.claim(str(cfg.device), job_num) as device:
         return _run_on(cfg, seeds, device, Path(run_dir))
@@ -144,39 +165,28 @@ def execute(
     return Outcome(task, state, progress, final)
 
 
+class RecordError(OSError):
+    """Runs that finished, but some of their files or rows could not be written (the message
+    says which were and which were not)."""
+
+
 def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[dict]:
     torch.set_default_dtype(DTYPES[cfg.dtype])
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
     dirs = run_dirs_for(run_dir, seeds)
-    environment = results.environment(device)
-    rows = []
-    for seed, directory in zip(seeds, dirs, strict=True):
-        directory.mkdir(parents=True, exist_ok=True)
-        rows.append(
-            results.new_row(
-                task=cfg.task.name,
-                dataset=None,
-                solver=cfg.solver.name,
-                seed=seed,
-                runs=len(seeds),
-                config_hash=results.config_hash(cfg, seed, runs=len(seeds)),
-                group_hash=results.group_hash(cfg),
-                run_dir=str(directory.resolve()),
-                **environment,
-            )
-        )
-    if len(seeds) > 1:  # what Hydra writes for a single run, per run: the report reads it
-        for seed, directory in zip(seeds, dirs, strict=True):
-            _write_run_config(cfg, seed, len(seeds), directory)
-    error: BaseException | None = None
+    rows = _new_rows(cfg, seeds, dirs, device)
     saver = Checkpoint.for_run(cfg, results.batch_key(cfg, seeds))
     progress = new_progress(seeds)
+    error, trace = None, None
     try:
         task = build_task(cfg, device, seeds)
         for row in rows:  # known from here on, also for a run that fails later
             row["dataset"] = task.dataset_name
+            row.update(task.labels)
+        for directory in dirs:  # final_metrics may write files there
+            directory.mkdir(parents=True, exist_ok=True)
         outcome = execute(cfg, seeds, device, dirs, saver, progress, task)
         for run, row in enumerate(rows):
             if run in outcome.progress.diverged:
@@ -184,26 +194,121 @@ def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[
             else:
                 row.update(outcome.metrics(run))
                 row["status"] = "ok"
+    except USER_ERRORS:  # nothing was computed: no row, the traceback kept for whoever asks
+        _try_write(run_dir / "error.txt", traceback.format_exc())
+        raise
     except Exception as err:  # recorded, then re-raised so the process exits non-zero
-        error = err
+        error, trace = err, traceback.format_exc()
         for row in rows:
             row["status"], row["error"] = "failed", f"{type(err).__name__}: {err}"
-        for directory in {run_dir, *dirs}:  # the run dir too: the CLI's message points there
-            (directory / "error.txt").write_text(traceback.format_exc())
     peak = _peak_memory_mb(device)
-    for run, (row, directory) in enumerate(zip(rows, dirs, strict=True)):
+    for run, row in enumerate(rows):
         row["runtime_s"] = progress.train_time
         row["upper_steps"] = _steps_done(progress, run)
         row["peak_mem_mb"] = peak
-        if progress.curves[run]:
-            pd.DataFrame(progress.curves[run]).to_csv(directory / "curve.csv", index=False)
-        results.write_json(directory / "result.json", row)
-        results.append_row(Path(cfg.results_dir) / "runs.csv", row)
+    not_written = _record(cfg, rows, dirs, progress, run_dir, trace)
+    if not_written:
+        raise RecordError(not_written) from error
     if saver is not None:  # the rows are written: nothing left to resume
         saver.discard()
     if error is not None:
         raise error
     return rows
+
+
+def _new_rows(cfg, seeds: list[int], dirs: list[Path], device: torch.device) -> list[dict]:
+    """One row per run, every identifying column filled before anything can fail."""
+    environment = results.environment(device)
+    return [
+        results.new_row(
+            task=cfg.task.name,
+            dataset=tasks.dataset_name(cfg),
+            solver=cfg.solver.name,
+            seed=seed,
+            runs=len(seeds),
+            config_hash=results.config_hash(cfg, seed, runs=len(seeds)),
+            group_hash=results.group_hash(cfg),
+            run_dir=str(directory.resolve()),
+            **environment,
+        )
+        for seed, directory in zip(seeds, dirs, strict=True)
+    ]
+
+
+def _try_write(path: Path, text: str) -> None:
+    """Best effort: the caller's message says whether the file is there."""
+    with contextlib.suppress(OSError):
+        _write_text(path, text)
+
+
+def _record(cfg, rows, dirs, progress: Progress, run_dir: Path, trace: str | None) -> str:
+    """Write what the runs produced. Every write is tried, whatever failed before it, so that as
+    much as possible is kept. Returns "" when all were written, else a message saying which were
+    not (with the first error) and which were."""
+    written: dict[str, list[Path]] = {}
+    failed: dict[str, list[tuple[Path, Exception]]] = {}
+    for kind, path, write in _planned_writes(cfg, rows, dirs, progress, run_dir, trace):
+        try:
+            write(path)
+            written.setdefault(kind, []).append(path)
+        except (OSError, ValueError) as err:  # ValueError: a runs.csv or configs.jsonl that
+            # does not parse (torn by a crash, edited by hand)
+            failed.setdefault(kind, []).append((path, err))
+    return _not_written_message(rows, written, failed) if failed else ""
+
+
+def _planned_writes(cfg, rows, dirs, progress, run_dir, trace):
+    """(kind, path, write(path)): error.txt (a failure; in the run dir too, where the CLI's
+    message points), each run's curve.csv, result.json and run config (runs=K), its runs.csv
+    row, then the configs by hash."""
+    runs_csv = Path(cfg.results_dir) / results.RUNS_CSV
+    writes = []
+    if trace is not None:
+        for directory in dict.fromkeys([run_dir, *dirs]):
+            writes.append(("error.txt", directory / "error.txt", partial(_write_text, text=trace)))
+    for run, (row, directory) in enumerate(zip(rows, dirs, strict=True)):
+        if progress.curves[run]:
+            curve = pd.DataFrame(progress.curves[run])
+            writes.append(
+                ("curve.csv", directory / "curve.csv", partial(curve.to_csv, index=False))
+            )
+        writes.append(
+            ("result.json", directory / "result.json", partial(results.write_json, payload=row))
+        )
+        if len(rows) > 1:  # what Hydra writes for a single run, per run: the report reads it
+            config = _run_config(cfg, row["seed"], len(rows))
+            path = directory / ".hydra" / "config.yaml"
+            writes.append(("run config", path, partial(_write_yaml, config=config)))
+        writes.append(("runs.csv row", runs_csv, partial(results.append_row, row=row)))
+    configs = {row["config_hash"]: results.run_config(cfg, row["seed"], len(rows)) for row in rows}
+    configs_file = Path(cfg.results_dir) / results.CONFIGS
+    writes.append(("configs.jsonl", configs_file, partial(results.append_configs, configs=configs)))
+    return writes
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _write_yaml(path: Path, config) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, path)
+
+
+def _not_written_message(rows, written: dict, failed: dict) -> str:
+    statuses = ", ".join(sorted({str(row["status"]) for row in rows}))
+    lost = "; ".join(
+        f"{_count(kind, len(items))} NOT written to {items[0][0]} ({type(items[0][1]).__name__}: "
+        f"{items[0][1]})"
+        for kind, items in failed.items()
+    )
+    kept = ", ".join(f"{_count(kind, len(paths))} ({paths[0]})" for kind, paths in written.items())
+    return f"the run(s) ended {statuses}, but {lost}. Written: {kept or 'nothing'}"
+
+
+def _count(kind: str, n: int) -> str:
+    return kind if n == 1 else f"{n} x {kind}"
 
 
 def _final_point(curve: list[dict[str, float]]) -> dict[str, float]:
@@ -223,11 +328,10 @@ def _steps_done(progress: Progress, run: int) -> int:
     return progress.step
 
 
-def _write_run_config(cfg, seed: int, runs: int, directory: Path) -> None:
+def _run_config(cfg, seed: int, runs: int) -> DictConfig:
     own = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     own.seed, own.runs = seed, runs
-    (directory / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(own, directory / ".hydra" / "config.yaml")
+    return own
 
 
 def _initial_state(cfg, task, seeds, device):
@@ -246,12 +350,21 @@ def _initial_state(cfg, task, seeds, device):
 
 
 def _on_device(variables, device):
+    """The variables as the solver gets them, after checking they are where and what the config
+    says (a mismatch would fail deep inside torch, or silently compute in another precision)."""
+    dtype = torch.get_default_dtype()  # set from cfg.dtype by _run_on
     out = {}
     for name, tensor in variables.items():
         if tensor.device != device:
             raise checks.ConfigError(
                 f"the problem created variable {name!r} on {tensor.device}, but device={device}; "
                 "give your problem's constructor a `device` argument and create tensors there"
+            )
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            raise checks.ConfigError(
+                f"the problem created variable {name!r} as {tensor.dtype}, but dtype="
+                f"{str(dtype).removeprefix('torch.')}; give your problem's constructor a `dtype` "
+                "argument, or create tensors without one (they follow dtype=)"
             )
         out[name] = tensor.detach().clone()
     return out

@@ -126,8 +126,9 @@ def test_fmd_refuses_a_jacobian_over_budget(tmp_path):
     cfg = compose_config("solver=fmd", "solver.max_jacobian_mb=0.001", f"results_dir={tmp_path}")
     with pytest.raises(ConfigError, match=r"max_jacobian_mb.*use solver=rmd"):
         runner.run(cfg, tmp_path / "run")
-    (row,) = read_runs(tmp_path)
-    assert row["status"] == "failed" and "max_jacobian_mb" in row["error"]
+    # a config error writes no row (issue 14, item 10); the traceback is kept in error.txt
+    assert not (tmp_path / "runs.csv").exists()
+    assert "max_jacobian_mb" in (tmp_path / "run" / "error.txt").read_text()
 
 
 def test_diverged_run_leaves_a_row_that_says_so(tmp_path):

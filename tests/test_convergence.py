@@ -9,7 +9,7 @@ from solver_harness import run_solver
 from bilevel_bench.problem import BilevelProblem
 from bilevel_bench.tasks.synthetic import SMD20, SMD21, SMD24, Quadratic
 
-# The authors' synthetic penalty schedule (paper.md 3.1), with faster learning rates.
+# The authors' synthetic penalty schedule (paper section 3.1), with faster learning rates.
 PENALTY = dict(
     gamma0=1.0,
     lam0=10.0,

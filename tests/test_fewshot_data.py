@@ -132,13 +132,14 @@ def _write_omniglot(root: Path, as_zip: bool) -> int:
     return index
 
 
-def _omniglot_cfg(tmp_path, train_characters=4, split_seed=0):
+def _omniglot_cfg(tmp_path, train_characters=4, split_seed=0, characters=None):
     dataset = OmegaConf.create(
         {
             "image_size": 10,
             "train_characters": train_characters,
             "split_seed": split_seed,
             "cache_dir": str(tmp_path / "cache"),
+            "characters": characters,  # a few generated characters, not the full 1,623
         }
     )
     return dataset, OmegaConf.create({"root": str(tmp_path / "data"), "download": False})

@@ -17,6 +17,7 @@ import torch
 
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.data.episodes import FewShotSplits
+from bilevel_bench.data.errors import DatasetError
 
 FOLDER = "miniimagenet"
 SPLITS = ("train", "val", "test")
@@ -31,7 +32,7 @@ def _find(root: Path, split: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise DatasetError(
         f"Mini-ImageNet {split} split not found: tried {', '.join(map(str, candidates))}. "
         f"Put {', '.join(file_name(s) for s in SPLITS)} (the standard pickles, e.g. from "
         "https://github.com/renmengye/few-shot-ssl-public, which the authors used) into "
@@ -41,16 +42,19 @@ def _find(root: Path, split: str) -> Path:
 
 def read_split(path: Path) -> torch.Tensor:
     """uint8 [classes, examples, 3, 84, 84], classes sorted by name, examples in file order."""
-    with open(path, "rb") as handle:
-        content = pickle.load(handle)
+    try:
+        with open(path, "rb") as handle:
+            content = pickle.load(handle)
+    except Exception as err:  # unpickling garbage raises many different types
+        raise DatasetError(f"{path} is corrupt ({type(err).__name__}: {err}); replace it") from err
     if not isinstance(content, dict) or not {"image_data", "class_dict"} <= set(content):
-        raise ValueError(
+        raise DatasetError(
             f"{path} is not a Mini-ImageNet cache pickle: expected a dict with 'image_data' "
             "(uint8 N x 84 x 84 x 3) and 'class_dict' (class name -> list of indices)"
         )
     data = np.asarray(content["image_data"])
     if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.uint8:
-        raise ValueError(
+        raise DatasetError(
             f"{path}: 'image_data' must be uint8 N x H x W x 3, got {data.dtype} {data.shape}"
         )
     class_dict = content["class_dict"]

@@ -1,4 +1,4 @@
-"""Data for the poisoning attacks (paper.md 3.4): the authors' MNIST splits, initial poisons,
+"""Data for the poisoning attacks (paper section 3.4): the authors' MNIST splits, initial poisons,
 a generated digit-like stand-in for tests, and Koh & Liang's dog-fish npz (read and generated).
 
 Digit images are float32 tensors in [0, 1] flattened to [N, pixels]; the official train and test

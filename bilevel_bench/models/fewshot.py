@@ -1,4 +1,4 @@
-"""The authors' few-shot encoders (paper.md 3.3) and the batched cosine-similarity head.
+"""The authors' few-shot encoders (paper section 3.3) and the batched cosine-similarity head.
 
 BatchNorm always normalises with the statistics of the batch it sees (track_running_stats=False):
 the authors never ran TF's moving-average update ops, so their BN used batch statistics in

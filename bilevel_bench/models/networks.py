@@ -1,4 +1,4 @@
-"""The authors' denoising networks (paper.md 3.2), built from a small config.
+"""The authors' denoising networks (paper section 3.2), built from a small config.
 
 `logreg`: one linear layer on the flattened image. `cnn`: blocks of 3x3/5x5 convolutions (ReLU)
 each followed by 2x2 max-pooling and dropout, then fully connected ReLU layers with dropout.

@@ -3,8 +3,9 @@
     Z_{t+1} = d step(u, v_t) / d(u, v) . (I, Z_t),   hypergradient = grad_u f + Z_T^T grad_v f
 
 All U upper directions of every run are pushed through each step at once with torch.func.vmap
-over jvp. Z holds K x U x V numbers, so the solver estimates that memory first and refuses
-above solver.max_jacobian_mb.
+over jvp. Z holds K x U x V numbers, the directions U x U, and every intermediate of g carries
+a tangent per direction, so the solver estimates that memory first and refuses above
+solver.max_jacobian_mb.
 """
 
 from __future__ import annotations
@@ -17,6 +18,25 @@ from bilevel_bench.solvers.base import Param, Solver, require_sgd_lower
 
 # Z, the tangent outputs of one step, and vmap's batched intermediates of the same size.
 JACOBIAN_COPIES = 3
+
+
+def graph_bytes(problem, u, v, stream) -> int:
+    """Bytes of the intermediates autograd keeps for one evaluation of g over all runs (each
+    storage once; inputs and the variables themselves left out). FMD pushes a tangent through
+    every one of them for each upper direction it carries at once."""
+    upper_batch, lower_batch = problem.sample_batches(stream)
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.requires_grad and tensor.grad_fn is not None:  # depends on u or v
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        u_live, v_live = autodiff.leaves(u), autodiff.leaves(v)
+        problem.bind(u_live, upper_batch, lower_batch).g(v_live)
+    return sum(storages.values())
 
 
 class FMD(Solver):
@@ -38,19 +58,39 @@ class FMD(Solver):
         super().validate(cfg)
 
     def init(self, u, v, stream):
+        self.upper_size = autodiff.numel_per_run(u)
+        self.check_memory(u, v, stream)
+        return super().init(u, v, stream)
+
+    def memory_mb(self, u, v, stream) -> dict[str, float]:
+        """The large buffers of a step, in MB: Z = dv/du with its copies (K x U x V), the U x U
+        unit directions pushed through every step, and a tangent per direction of every
+        intermediate of g (tests/test_fmd_memory.py compares the total with a measured peak)."""
         runs = len(next(iter(v.values())))
-        upper_size, lower_size = autodiff.numel_per_run(u), autodiff.numel_per_run(v)
+        upper, lower = self.upper_size, autodiff.numel_per_run(v)
         element = next(iter(v.values())).element_size()
-        estimate = JACOBIAN_COPIES * runs * upper_size * lower_size * element / 2**20
-        if estimate > float(self.cfg.max_jacobian_mb):
+        directions = int(self.cfg.chunk_size) or upper  # how many vmap pushes at once
+        return {
+            "jacobian": JACOBIAN_COPIES * runs * upper * lower * element / 2**20,
+            "directions": upper * upper * element / 2**20,
+            "tangents": directions * graph_bytes(self.problem, u, v, stream) / 2**20,
+        }
+
+    def check_memory(self, u, v, stream) -> None:
+        """Refuse before any step when a step's large buffers would exceed the budget."""
+        mb = self.memory_mb(u, v, stream)
+        total = sum(mb.values())
+        if total > float(self.cfg.max_jacobian_mb):
+            runs = len(next(iter(v.values())))
+            upper, lower = self.upper_size, autodiff.numel_per_run(v)
             raise checks.ConfigError(
-                f"fmd needs about {estimate:,.0f} MB for dv/du ({runs} run(s) x {upper_size:,} "
-                f"upper x {lower_size:,} lower variables), above solver.max_jacobian_mb="
+                f"fmd needs about {total:,.0f} MB for dv/du ({runs} run(s) x {upper:,} upper x "
+                f"{lower:,} lower variables: {mb['jacobian']:,.0f} MB with its copies, "
+                f"{mb['directions']:,.0f} MB of unit directions, {mb['tangents']:,.0f} MB of "
+                f"tangents of g's intermediates), above solver.max_jacobian_mb="
                 f"{self.cfg.max_jacobian_mb}. Raise solver.max_jacobian_mb if the device has the "
                 f"memory, or use solver=rmd / penalty / approxgrad"
             )
-        self.upper_size = upper_size
-        return super().init(u, v, stream)
 
     def update(self, state, upper_batch, lower_batch):
         problem = self.problem

@@ -24,3 +24,11 @@ def build_task(cfg, device, seeds):
     if name not in tasks:
         raise ConfigError(f"task.name={name!r} is not a known task; known: {names(tasks)}")
     return importlib.import_module(tasks[name]).build(cfg, device, seeds)
+
+
+def dataset_name(cfg) -> str:
+    """The rows' dataset column, known before the task is built (so that a run that fails while
+    building still names it): the task module's own `dataset_name(cfg)`, else dataset.name."""
+    module = task_modules().get(cfg.task.name)
+    own = getattr(importlib.import_module(module), "dataset_name", None) if module else None
+    return own(cfg) if own is not None else str(cfg.dataset.name)

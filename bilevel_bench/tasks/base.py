@@ -35,6 +35,8 @@ class Task:
         # tasks counted in epochs pass total_steps = epochs * batches per epoch
         self.total_steps = int(cfg.task.iters) if total_steps is None else total_steps
         self.eval_every = int(cfg.task.eval_every)
+        #: identifying columns of the rows beyond task/dataset/solver (e.g. {"baseline": ...})
+        self.labels: dict[str, str] = {}
         self.eval_stream = {
             "key": keys.derive(keys.run_keys(seeds, device), EVAL_STREAM),
             "step": torch.zeros(len(seeds), dtype=torch.int64, device=device),

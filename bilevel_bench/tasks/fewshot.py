@@ -1,4 +1,4 @@
-"""Few-shot learning with a shared representation (paper.md 3.3).
+"""Few-shot learning with a shared representation (paper section 3.3).
 
     upper u: encoder parameters, [K, ...] per parameter (one encoder per run, applied with
              bilevel_bench.models.batched.forward)

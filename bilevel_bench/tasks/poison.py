@@ -1,4 +1,4 @@
-"""Training-data poisoning (paper.md 3.4): `task.attack=untargeted | targeted | clean_label`.
+"""Training-data poisoning (paper section 3.4): `task.attack=untargeted | targeted | clean_label`.
 
 The attack optimises poison points (upper level) against a softmax regression trained on clean
 data plus the poisons (lower level). The final metrics prove it by retraining a fresh model from

@@ -1,4 +1,4 @@
-"""The poisoning bilevel problems (paper.md 3.4), batched over K runs.
+"""The poisoning bilevel problems (paper section 3.4), batched over K runs.
 
     upper u: poison points (pixels, boxed),   lower v: a softmax regression on train + poisons
 

@@ -1,4 +1,4 @@
-"""The authors' synthetic bilevel problems (paper.md 3.1) and a random strongly convex quadratic
+"""The authors' synthetic bilevel problems (paper section 3.1) and a random strongly convex quadratic
 with a closed-form hypergradient; plus the task that runs any BilevelProblem by `_target_`.
 
 Variables are d = n_blocks * block_dim dimensional; A (rank-deficient problems) is block-diagonal
@@ -16,7 +16,7 @@ from hydra.utils import get_class
 
 from bilevel_bench import autodiff
 from bilevel_bench.checks import ConfigError
-from bilevel_bench.problem import BilevelProblem
+from bilevel_bench.problem import BilevelProblem, missing_method, missing_methods
 from bilevel_bench.tasks.base import Task
 
 
@@ -236,6 +236,40 @@ class SyntheticTask(Task):
         return metrics
 
 
+def _problem_class(target: str) -> type[BilevelProblem]:
+    """The class task.problem._target_ names; a ConfigError when it is not a usable problem."""
+    try:
+        cls = get_class(target)
+    except Exception as err:  # hydra wraps import errors; say which key to fix
+        raise ConfigError(f"task.problem._target_={target!r} could not be imported: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, BilevelProblem)):
+        raise ConfigError(
+            f"task.problem._target_={target!r} is not a subclass of "
+            "bilevel_bench.problem.BilevelProblem"
+        )
+    missing = missing_methods(cls)
+    if missing:
+        raise ConfigError(missing_method(cls, missing[0]))
+    return cls
+
+
+def _named(cls: type) -> str:
+    name = getattr(cls, "name", BilevelProblem.name)
+    return cls.__name__ if name == BilevelProblem.name else str(name)
+
+
+def dataset_name(cfg) -> str:
+    """The rows' dataset column before the problem is built (a run whose problem fails to build
+    still names it): the built-in problem, or your class's `name` (else its class name)."""
+    target = cfg.task.problem.get("_target_")
+    if target is None:
+        return str(cfg.dataset.name)
+    try:
+        return _named(get_class(target))
+    except Exception:  # not importable: the run fails on that, with its own message
+        return str(target).rsplit(".", 1)[-1]
+
+
 def build(cfg, device, seeds) -> SyntheticTask:
     problem_cfg = dict(cfg.task.problem)
     target = problem_cfg.pop("_target_", None)
@@ -250,27 +284,21 @@ def build(cfg, device, seeds) -> SyntheticTask:
             )
         cls, kwargs = BUILTIN_PROBLEMS[name], dataset
     else:
-        try:
-            cls = get_class(target)
-        except Exception as err:  # hydra wraps import errors; say which key to fix
-            raise ConfigError(
-                f"task.problem._target_={target!r} could not be imported: {err}"
-            ) from err
-        if not (isinstance(cls, type) and issubclass(cls, BilevelProblem)):
-            raise ConfigError(
-                f"task.problem._target_={target!r} is not a subclass of "
-                "bilevel_bench.problem.BilevelProblem"
-            )
-        kwargs = problem_cfg
+        cls, kwargs = _problem_class(target), problem_cfg
     # The runner fills device / dtype for constructors that accept them (documented contract).
     parameters = inspect.signature(cls).parameters
     for key, value in (("device", device), ("dtype", dtype)):
         if key in parameters and key not in kwargs:
             kwargs[key] = value
-    try:
-        problem = cls(**kwargs)
+    try:  # arguments that do not fit are a config error; what the constructor raises is a failure
+        inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
-        raise ConfigError(f"could not construct {cls.__name__} from the config: {err}") from err
+        key = "task.problem" if target is not None else "dataset"
+        raise ConfigError(
+            f"{cls.__name__} cannot be constructed from {key}: {err}; its arguments are "
+            f"{', '.join(parameters) or 'none'}"
+        ) from err
+    problem = cls(**kwargs)
     dataset_name = getattr(problem, "name", cls.__name__)
     if dataset_name == BilevelProblem.name:
         dataset_name = cls.__name__
