@@ -128,7 +128,7 @@ def test_configs_that_differ_inside_a_cell_become_row_keys(tmp_path, capsys):
 def test_paper_column_joins_on_task_dataset_and_setting(tmp_path, capsys):
     def config(noise, model="mnist_cnn"):
         return {
-            "task": {"name": "denoise", "noise": noise},
+            "task": {"name": "denoise", "noise": noise, "epochs": 101},  # the paper's budget
             "solver": {"name": "penalty"},
             "model": {"name": model},
         }
@@ -168,14 +168,17 @@ def test_paper_column_joins_on_task_dataset_and_setting(tmp_path, capsys):
     )
     os.chdir(tmp_path)  # no results/ here: the checkout's results/paper_reference.csv is used
     out = report("table", csv, "--paper", "--out", tmp_path / "paper", capsys=capsys)
+    lines = out.splitlines()
+    header = [cell.strip() for cell in next(x for x in lines if "| task" in x).split("|")]
+    model, noise = header.index("model.name"), header.index("task.noise")
     rows = {
-        tuple(cell.strip() for cell in line.split("|")[3:5]): line
-        for line in out.splitlines()
-        if "| denoise" in line
+        (cells[model].strip(), cells[noise].strip()): line
+        for line in lines
+        if "| denoise" in line and len(cells := line.split("|")) == len(header)
     }
     assert "98.89" in rows["mnist_cnn", "0.25"] and "-0.39" in rows["mnist_cnn", "0.25"]
     assert "97.51" in rows["mnist_cnn", "0.5"] and "-7.51" in rows["mnist_cnn", "0.5"]
-    assert "unverified" in rows["mnist_cnn", "0.25"]
+    assert "Table 2, MNIST (25%), Penalty" in rows["mnist_cnn", "0.25"]
     assert "97.51" not in rows["logreg", "0.5"]
     assert "cifar10" in out  # reference numbers without runs are listed, not dropped
 
@@ -282,3 +285,14 @@ def test_runtimes_of_batches_of_different_sizes_are_not_averaged(tmp_path, capsy
     assert "10 ± 0 (n=2)" in out and "3 (n=1)" in out  # one row per batch size
     pooled = report("table", csv, "--metric", "upper_error", capsys=capsys)
     assert "2 ± 1 (n=3)" in pooled  # what the runs computed does not depend on the batch
+
+
+@pytest.mark.slow
+def test_trials_plot_draws_a_panel_per_solver_and_setting(real_runs, tmp_path, capsys):
+    """The paper's figure style: one PNG per problem, every trial and their mean."""
+    out = report(
+        "plot", real_runs / "runs.csv", "--x", "step", "--trials", "--out", tmp_path / "c.png",
+        capsys=capsys,
+    )  # fmt: skip
+    assert "c_smd20.png" in out
+    assert (tmp_path / "c_smd20.png").read_bytes()[:8] == PNG_MAGIC

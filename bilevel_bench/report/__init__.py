@@ -4,6 +4,7 @@ bilevel-bench-report table results/runs.csv [--metric M] [--by task,dataset] [--
 bilevel-bench-report table results/runs.csv --paper        # beside the paper's numbers
 bilevel-bench-report plot results/runs.csv [--metric M] [--x time_s|step] [--out FILE.png]
 bilevel-bench-report compare A/runs.csv B/runs.csv [--metric M]
+bilevel-bench-report paper RUNS.csv... [--out results/PAPER.md]   # every paper table, ours beside
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bilevel_bench.report import plots, tables
+from bilevel_bench.report import paper, plots, tables
 from bilevel_bench.report.runs import ReportError, choose_metric, find_run_dirs, load_runs
 
 DEFAULT_BY = "task,dataset"
@@ -39,24 +40,29 @@ def _summary(runs, metric, by, mix_devices):
     return runs, tables.summarise(runs, keys, metric)
 
 
-def _describe_runs(runs, files) -> str:
+def _describe_runs(runs, files, superseded: int = 0) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
-    return f"{len(runs)} runs ({counts}) from {len(files)} file(s)"
+    text = f"{len(runs)} runs ({counts}) from {len(files)} file(s)"
+    if superseded:  # force=true re-runs and retries: each config counted once, its latest row
+        text += f"; {superseded} older row(s) of a config run again left out"
+    return text
 
 
 def cmd_table(args) -> None:
     runs = load_runs(args.runs)
+    superseded = runs.attrs.get("superseded", 0)
     metric = choose_metric(runs, args.metric, ", ".join(map(str, args.runs)))
     by = _keys(args.by)
     reference = None
     if args.paper:
-        reference = tables.load_reference(args.reference or _default_reference())
+        reference = paper.load_reference(args.reference or _default_reference())
         missing = [k for k in ("task", "dataset") if k not in by]
         if missing:
             raise ReportError(f"--paper matches on task and dataset: keep {missing} in --by")
-        by += [k for k in tables.setting_keys(reference) if k not in by and _has_key(runs, k)]
+        by += [k for k in paper.setting_keys(reference) if k not in by and _has_key(runs, k)]
     runs, summary = _summary(runs, metric, by, args.mix_devices)
-    title = f"{metric}: mean ± std over seeds of the ok runs; {_describe_runs(runs, args.runs)}"
+    described = _describe_runs(runs, args.runs, superseded)
+    title = f"{metric}: mean ± std over seeds of the ok runs; {described}"
     if reference is not None:
         frame, unmatched = tables.beside_paper(summary, reference)
         tex_frame = frame.assign(ours=frame["ours"].str.replace("±", r"$\pm$"))
@@ -93,10 +99,14 @@ def cmd_plot(args) -> None:
     out = Path(args.out) if args.out else None
     if out is None:
         out = Path(f"{args.metric or 'curves'}_vs_{args.x}.png")
-    path, metric, notes = plots.plot(runs, args.metric, args.x, out)
+    if args.trials:
+        paths, metric, notes = plots.plot_trials(runs, args.metric, args.x, out)
+    else:
+        path, metric, notes = plots.plot(runs, args.metric, args.x, out)
+        paths = [path]
     for note in notes:
         print(f"note: {note}")
-    print(f"wrote {path} ({metric} vs {args.x})")
+    print(f"wrote {', '.join(map(str, paths))} ({metric} vs {args.x})")
 
 
 def cmd_compare(args) -> None:
@@ -108,9 +118,9 @@ def cmd_compare(args) -> None:
     # one set of row keys for both files, so that A and B rows line up
     both, keys = tables.row_keys(both, _keys(args.by), separate=("_side",))
     both, keys = tables.split_batches(both, metric, keys)
+    # one check over both sides: B - A of runtimes from two devices is not a speed-up
+    tables.check_devices(both, metric, keys, args.mix_devices)
     sides = {s: both[both["_side"] == s] for s in ("A", "B")}
-    for side in sides.values():
-        tables.check_devices(side, metric, keys, args.mix_devices)
     summary_a, summary_b = (tables.summarise(sides[s], keys, metric) for s in ("A", "B"))
     frame, numbers = tables.against(summary_a, summary_b, (f"A: {args.a}", f"B: {args.b}"))
     text = f"{metric}: mean ± std over seeds of the ok runs (A: {args.a}, B: {args.b})\n\n"
@@ -120,6 +130,16 @@ def cmd_compare(args) -> None:
         tex = tables.latex(frame.map(lambda text: str(text).replace("±", r"$\pm$")))
         paths = tables.save(args.out, numbers, text, tex)
         print("\nsaved " + ", ".join(map(str, paths)))
+
+
+def cmd_paper(args) -> None:
+    reference = paper.load_reference(args.reference or _default_reference())
+    runs = load_runs(args.runs)
+    text = paper.render(reference, runs, [str(path) for path in args.runs])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out} ({len(reference)} paper numbers, {len(runs)} runs read)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", help="curve column (default: upper_error, else test_acc)")
     plot.add_argument("--x", choices=["time_s", "step"], default="time_s")
     plot.add_argument("--out", help="PNG file (default METRIC_vs_X.png)")
+    plot.add_argument(
+        "--trials",
+        action="store_true",
+        help="the paper's style: every trial and their mean, a panel per solver and setting, "
+        "one PNG per problem (OUT_<dataset>.png)",
+    )
     plot.set_defaults(func=cmd_plot)
 
     compare = commands.add_parser("compare", help="two runs.csv side by side, with differences")
@@ -168,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="save PREFIX.csv, PREFIX.md and PREFIX.tex")
     compare.add_argument("--mix-devices", action="store_true")
     compare.set_defaults(func=cmd_compare)
+
+    page = commands.add_parser(
+        "paper", help="every table of the paper in its layout, our results beside its numbers"
+    )
+    page.add_argument("runs", nargs="+", help="runs.csv files (or folders holding one)")
+    page.add_argument("--reference", type=Path, help=f"paper numbers CSV (default {REFERENCE})")
+    page.add_argument("--out", default="results/PAPER.md", help="markdown file to write")
+    page.set_defaults(func=cmd_paper)
     return parser
 
 

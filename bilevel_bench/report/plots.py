@@ -105,8 +105,93 @@ def plot(
     return out, metric, notes
 
 
+def plot_trials(
+    paths_runs: pd.DataFrame, metric: str | None, x: str, out: Path
+) -> tuple[list[Path], str, list[str]]:
+    """The paper's Figs. 1-2: for each problem a grid of panels, one row per setting (the keys
+    that tell its runs apart, e.g. solver.T) and one column per solver, each panel every trial
+    (thin) and their mean (thick). One PNG per problem: OUT_<dataset>.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, curves, notes = read_curves(paths_runs)
+    metric = curve_metric(curves, metric)
+    panel_keys = [k for k in PANEL_KEYS if k in runs]
+    runs, keys = row_keys(runs, panel_keys)
+    setting_keys = [k for k in keys if k not in panel_keys]
+    written = []
+    for panel, panel_runs in runs.groupby(panel_keys, sort=True):
+        settings = (
+            sorted(panel_runs.groupby(setting_keys).groups, key=_numbers_first)
+            if setting_keys
+            else [()]
+        )
+        solvers = sorted(panel_runs["solver"].unique(), key=_solver_rank)
+        fig, axes = plt.subplots(
+            len(settings), len(solvers), figsize=(3.2 * len(solvers), 2.6 * len(settings)),
+            squeeze=False, sharex=True, sharey=True,
+        )  # fmt: skip
+        for i, setting in enumerate(settings):
+            setting = setting if isinstance(setting, tuple) else (setting,)
+            for j, solver in enumerate(solvers):
+                ax = axes[i, j]
+                members = panel_runs[panel_runs["solver"] == solver]
+                for key, value in zip(setting_keys, setting, strict=True):
+                    members = members[members[key] == value]
+                _trials_and_mean(ax, [curves[d] for d in members["run_dir"]], x, metric)
+                label = ", ".join(
+                    f"{k.split('.')[-1]}={v}" for k, v in zip(setting_keys, setting, strict=True)
+                )
+                ax.set_title(f"{solver}" + (f" ({label})" if label else ""), fontsize=9)
+                if metric in LOG_METRICS:
+                    ax.set_yscale("log")
+                ax.grid(alpha=0.3)
+            axes[i, 0].set_ylabel(metric)
+        for ax in axes[-1]:
+            ax.set_xlabel("upper step" if x == "step" else "wall time (s)")
+        name = "_".join(map(str, panel if isinstance(panel, tuple) else (panel,)))
+        fig.suptitle(f"{name}: {metric}, every trial (thin) and their mean (thick)", fontsize=10)
+        fig.tight_layout()
+        path = out.with_name(f"{out.stem}_{name.split('_')[-1]}{out.suffix or '.png'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written, metric, notes
+
+
+def _numbers_first(setting) -> tuple:
+    """Sort key: T=5 before T=10 (labels are text in the runs table)."""
+    values = setting if isinstance(setting, tuple) else (setting,)
+    return tuple((0, float(v), "") if _is_number(v) else (1, 0.0, str(v)) for v in values)
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _trials_and_mean(ax, curves: list[pd.DataFrame], x: str, metric: str) -> None:
+    series = [c[[x, metric]].dropna().sort_values(x) for c in curves]
+    series = [s for s in series if len(s)]
+    if not series:
+        return
+    for s in series:
+        ax.plot(s[x], s[metric], color="#e0b000", linewidth=0.5, alpha=0.6)
+    end = min(s[x].iloc[-1] for s in series)
+    grid = np.linspace(max(s[x].iloc[0] for s in series), end, GRID_POINTS)
+    mean = np.mean([np.interp(grid, s[x], s[metric]) for s in series], axis=0)
+    ax.plot(grid, mean, color="#1f4e9a", linewidth=1.6, label=f"mean of {len(series)}")
+    ax.legend(fontsize=7, loc="upper right")
+
+
 def _solver_rank(solver: str) -> int:
     return SOLVER_ORDER.index(solver) if solver in SOLVER_ORDER else len(SOLVER_ORDER)
 
 
-__all__ = ["DEFAULT_METRICS", "plot"]
+__all__ = ["DEFAULT_METRICS", "plot", "plot_trials"]

@@ -35,34 +35,59 @@ def _runs_csv(path: Path) -> Path:
     return path
 
 
+def read_runs_csv(csv_path: Path) -> pd.DataFrame:
+    """One runs.csv as a frame; a file that is empty, binary, ragged, has an unclosed quote or
+    is not a runs.csv at all gives a ReportError naming the file (and the line) instead."""
+    try:
+        header, _ = results.parse_csv(csv_path)  # strict: pandas would guess around bad lines
+    except results.RunsCsvError as err:
+        raise ReportError(str(err)) from None
+    if not header:
+        raise ReportError(f"{csv_path} is empty: no run has written a row to it")
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ReportError(
+            f"{csv_path}: columns {missing} missing; is this a runs.csv written by "
+            f"bilevel-bench? (columns found: {header})"
+        )
+    return pd.read_csv(csv_path)
+
+
 def load_runs(paths: list[str | Path]) -> pd.DataFrame:
-    """All rows of the given runs.csv files, one row per run (de-duplicated by run_dir).
+    """All rows of the given runs.csv files, one row per run.
 
     Merging sweeps from several machines or re-reading the same file twice never counts a run
-    twice; when a run_dir appears more than once the newest row (by timestamp) wins.
+    twice: when a run_dir appears more than once the newest row (by timestamp) wins. A config
+    run again (force=true, or a retry after a failure) counts once too: the newest row of each
+    config hash wins, and `runs.attrs["superseded"]` says how many older rows were left out.
     """
     frames = []
     for path in map(Path, paths):
         csv_path = _runs_csv(path)
-        frame = pd.read_csv(csv_path)
-        missing = [c for c in REQUIRED if c not in frame.columns]
-        if missing:
-            raise ReportError(
-                f"{csv_path}: columns {missing} missing; is this a runs.csv written by "
-                f"bilevel-bench? (columns found: {list(frame.columns)})"
-            )
+        frame = read_runs_csv(csv_path)
         frame["source_file"] = str(csv_path)
+        _RECORDED.update(results.read_configs(csv_path.parent / results.CONFIGS))
         frames.append(frame)
     if not frames:
         raise ReportError("no runs.csv files given")
     runs = pd.concat(frames, ignore_index=True)
     if "timestamp" in runs.columns:
         runs = runs.sort_values("timestamp", kind="stable")
-    if "run_dir" in runs.columns:
-        keyed = runs[runs["run_dir"].notna()].drop_duplicates("run_dir", keep="last")
-        runs = pd.concat([keyed, runs[runs["run_dir"].isna()].drop_duplicates()])
+    runs = _latest(runs, "run_dir")
+    before = len(runs)
+    runs = _latest(runs, "config_hash")
     runs["status"] = runs["status"].fillna("unknown").astype(str)
-    return runs.reset_index(drop=True)
+    runs = runs.reset_index(drop=True)
+    runs.attrs["superseded"] = before - len(runs)
+    return runs
+
+
+def _latest(runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The last row of each value of `key` (rows are in time order); rows without one stay."""
+    if key not in runs.columns:
+        return runs
+    keyed = runs[runs[key].notna()].drop_duplicates(key, keep="last")
+    return pd.concat([keyed, runs[runs[key].isna()].drop_duplicates()])
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
@@ -83,6 +108,9 @@ def choose_metric(frame: pd.DataFrame, metric: str | None, where: str) -> str:
         for candidate in DEFAULT_METRICS:
             if candidate in available:
                 return candidate
+        present = [c for c in DEFAULT_METRICS if c in frame.columns]
+        if present and "status" in frame and not (frame["status"] == "ok").any():
+            return present[0]  # only failed or diverged runs: the table lists them
         raise ReportError(
             f"{where}: none of the default metrics {DEFAULT_METRICS} has values; "
             f"choose one with --metric (available: {available})"
@@ -108,40 +136,37 @@ def run_config(run_dir: str) -> dict | None:
         container = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # an interpolation that only resolves on the machine that ran it
         container = OmegaConf.to_container(cfg, resolve=False)
-    return _flatten(container)
+    return results.flatten(container)
 
 
-def _flatten(tree, prefix=""):
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, list) else value
-    return flat
+# configs recorded beside the runs.csv files read so far (results.CONFIGS), by config hash
+_RECORDED: dict[str, dict] = {}
 
 
-def _config_of(run_dir) -> dict | None:
-    return run_config(run_dir) if isinstance(run_dir, str) else None
+def _config_of(row) -> dict | None:
+    """A row's config: its run folder's .hydra/config.yaml, else the one recorded beside its
+    runs.csv (run folders stay on the machine that ran them; configs.jsonl is committed)."""
+    run_dir = row.get("run_dir")
+    config = run_config(run_dir) if isinstance(run_dir, str) else None
+    return config if config is not None else _RECORDED.get(row.get("config_hash"))
 
 
-def _config_value(run_dir, key):
-    config = _config_of(run_dir)
+def _config_value(row, key):
+    config = _config_of(row)
     return None if config is None else config.get(key)
 
 
 def attach_keys(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Make every key a column: existing columns as they are, others (e.g. `task.noise`,
-    `solver.T`) read from each run's .hydra/config.yaml."""
+    `solver.T`) read from each run's config (its run folder, else configs.jsonl)."""
     runs = runs.copy()
     for key in keys:
         if key in runs.columns:
             continue
-        values = (
-            runs["run_dir"].map(lambda d, k=key: _config_value(d, k)) if "run_dir" in runs else None
+        values = pd.Series(
+            [_config_value(row, key) for _, row in runs.iterrows()], index=runs.index, dtype=object
         )
-        if values is None or values.isna().all():
+        if values.isna().all():
             raise ReportError(
                 f"{key!r} is neither a column of the runs.csv files nor a key of the runs' "
                 f".hydra/config.yaml; columns: {', '.join(c for c in runs.columns if c != 'source_file')}"
@@ -164,7 +189,7 @@ def distinguishing_keys(runs: pd.DataFrame, cell: list[str]) -> list[str]:
         groups = rows.drop_duplicates("group_hash")
         if len(groups) < 2:
             continue
-        configs = [_config_of(run_dir) for run_dir in groups.get("run_dir", [None] * len(groups))]
+        configs = [_config_of(row) for _, row in groups.iterrows()]
         if any(config is None for config in configs):
             return ["group_hash"]
         for key in set().union(*configs):

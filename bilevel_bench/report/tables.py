@@ -34,6 +34,8 @@ def row_keys(
     `separate`: columns whose values are compared against each other rather than mixed (the
     two sides of `compare`), so a key that only differs between them is not a row key.
     """
+    if "baseline" in runs and runs["baseline"].notna().any() and "baseline" not in by:
+        by = [*by, "baseline"]  # the paper's baselines are all solver=erm: keep them apart
     runs = attach_keys(runs, by)
     extra = distinguishing_keys(runs, by + ["solver", *separate])
     runs = attach_keys(runs, extra)
@@ -182,46 +184,11 @@ def save(prefix: str | Path, tidy: pd.DataFrame, text: str, tex: str) -> list[Pa
     return paths
 
 
-# --- the paper's numbers ------------------------------------------------------------------------
-REFERENCE_COLUMNS = ["task", "dataset", "setting", "solver", "metric", "value", "source"]
-
-
-def load_reference(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ReportError(
-            f"{path}: paper reference file not found; pass --reference PATH "
-            f"(a CSV with columns {', '.join(REFERENCE_COLUMNS)})"
-        )
-    reference = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in REFERENCE_COLUMNS if c not in reference.columns]
-    if missing:
-        raise ReportError(
-            f"{path}: columns {missing} missing (need {', '.join(REFERENCE_COLUMNS)})"
-        )
-    reference["value"] = pd.to_numeric(reference["value"])
-    reference["conditions"] = reference["setting"].map(_parse_setting)
-    return reference
-
-
-def _parse_setting(setting: str) -> dict[str, str]:
-    """'task.noise=0.25;model.name=cnn' -> {'task.noise': '0.25', 'model.name': 'cnn'}"""
-    pairs = [p.strip() for p in setting.split(";") if p.strip()]
-    return dict(p.split("=", 1) for p in pairs)
-
-
-def setting_keys(reference: pd.DataFrame) -> list[str]:
-    return sorted(set().union(*reference["conditions"]))
-
-
-def _same(ours: str, theirs: str) -> bool:
-    try:
-        return math.isclose(float(ours), float(theirs))
-    except ValueError:
-        return ours.strip().lower() == theirs.strip().lower()
-
-
 def beside_paper(summary: Summary, reference: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Our statistics with the paper's value and the difference; plus unmatched reference rows."""
+    """Our statistics with the paper's value and the difference; plus unmatched reference rows
+    (reference: bilevel_bench.report.paper.load_reference)."""
+    from bilevel_bench.report.paper import same as _same
+
     reference = reference[reference["metric"] == summary.metric]
     matched_ids, rows = set(), []
     for _, stat in summary.stats.iterrows():
@@ -241,12 +208,13 @@ def beside_paper(summary: Summary, reference: pd.DataFrame) -> tuple[pd.DataFram
             row.update(
                 paper=fmt(ref["value"]),
                 difference=fmt(stat["mean"] - ref["value"], 3),
-                source=ref["source"],
+                source=f"{ref['table']}, {ref['row']}, {ref['column']}",
             )
         else:
             row.update(paper="-", difference="-", source="")
         rows.append(row)
-    unmatched = reference.loc[~reference.index.isin(matched_ids), REFERENCE_COLUMNS]
+    columns = ["table", "row", "column", "task", "dataset", "solver", "metric", "value", "kind"]
+    unmatched = reference.loc[~reference.index.isin(matched_ids), columns]
     return pd.DataFrame(rows), unmatched
 
 

@@ -1,4 +1,4 @@
-"""Data denoising by importance re-weighting (paper.md 3.2).
+"""Data denoising by importance re-weighting (paper section 3.2).
 
     u = {"logits": a, one per training example},  w = (tanh(a) + 1) / 2
     g(u, v) = sum_i w_i CE_i(v) / sum_i w_i     on a minibatch of the noisy training set
@@ -34,11 +34,21 @@ from bilevel_bench.tasks.base import Task
 from bilevel_bench.tasks.detection import detection_metrics
 
 FIT_ON = ("weighted", "noisy", "val", "noisy+val", "clean", "clean+val")
+# the rows' `baseline` label of each plain-training pool (the paper's names where it has them:
+# Table 2's Oracle = clean + val, Val-Only = val, Train+Val = noisy + val)
+BASELINES = {
+    "noisy": "noisy",
+    "val": "val_only",
+    "noisy+val": "train_val",
+    "clean": "clean_only",
+    "clean+val": "oracle",
+}
 WEIGHT_CLIP = 1e-5  # the authors clip renormalised weights to [1e-5, 1 - 1e-5]
 
 TASK_RULES = {
     "noise": lambda key, value: _fraction_or_zero(key, value),
     "epochs": checks.positive_int,
+    "baseline_epochs": lambda key, value: value is None or checks.positive_int(key, value),
     "max_steps": lambda key, value: value is None or checks.positive_int(key, value),
     "batch_size": checks.positive_int,
     "val_batch_size": checks.positive_int,
@@ -194,7 +204,10 @@ class DenoiseProblem(BilevelProblem):
 
 class DenoiseTask(Task):
     def __init__(self, problem, cfg, seeds, device, is_noisy, noisy_y, steps_per_epoch):
-        total = int(cfg.task.epochs) * steps_per_epoch
+        epochs = cfg.task.epochs
+        if cfg.task.fit_on in BASELINES and cfg.task.baseline_epochs is not None:
+            epochs = cfg.task.baseline_epochs  # the paper trains its baselines for their own budget
+        total = int(epochs) * steps_per_epoch
         if cfg.task.max_steps is not None:  # a cap for costly solvers (fmd) and quick checks
             total = min(total, int(cfg.task.max_steps))
         super().__init__(problem, cfg, problem.name, seeds, device, total)
@@ -303,13 +316,6 @@ def _pool(data: ImageSets, noisy_y, is_noisy, fit_on) -> Pool:
     )
 
 
-def _row_name(cfg) -> str:
-    """The result row's `dataset`: baselines say what they trained on, so that their rows stay
-    apart in tables (fit_on is a task key and the row has no column for it)."""
-    name = str(cfg.dataset.name)
-    return name if cfg.task.fit_on == "weighted" else f"{name} fit_on={cfg.task.fit_on}"
-
-
 def build(cfg, device, seeds) -> DenoiseTask:
     checks.check_section("task", cfg.task, TASK_RULES)
     # a generator of its own per run, so that the split and the noise depend on the seed alone
@@ -331,6 +337,9 @@ def build(cfg, device, seeds) -> DenoiseTask:
     problem = DenoiseProblem(
         model, data, _pool(data, noisy_y, is_noisy, cfg.task.fit_on),
         cfg.task.fit_on == "weighted", int(cfg.task.batch_size), int(cfg.task.val_batch_size),
-        steps_per_epoch, bool(cfg.task.renormalize), _row_name(cfg),
+        steps_per_epoch, bool(cfg.task.renormalize), str(cfg.dataset.name),
     )  # fmt: skip
-    return DenoiseTask(problem, cfg, seeds, device, is_noisy, noisy_y, steps_per_epoch)
+    task = DenoiseTask(problem, cfg, seeds, device, is_noisy, noisy_y, steps_per_epoch)
+    if cfg.task.fit_on in BASELINES:
+        task.labels["baseline"] = BASELINES[cfg.task.fit_on]
+    return task
