@@ -1,6 +1,6 @@
-"""The paper's published numbers (../shared/reference/paper-results.md, Tables 2-6 and the
-in-text results), transcribed once into results/paper_reference.csv: one row per number, with the
-setting as config keys so that `bilevel-bench-report paper` can match runs to it.
+"""The paper's published numbers (the ACML 2021 main text and supplement: Tables 2-6 and the
+appendix's in-text results), transcribed once into results/paper_reference.csv: one row per
+number, with the setting as config keys so that `bilevel-bench-report paper` can match runs to it.
     python scripts/make_paper_reference.py
 """
 

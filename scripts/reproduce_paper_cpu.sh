@@ -4,6 +4,7 @@
 #            approxgrad and the Val-Only / Train+Val / Oracle baselines, 5 seeds each (runs=5)
 #   figs     Figs. 1-2: the four synthetic problems, T = 1, 5, 10, 20 trials, 40001 iterations
 #   table4   Table 4: seconds per 10,000 upper iterations, single runs, one process per method
+#            and T, 3 seeds (SEEDS=...)
 #   scripts/reproduce_paper_cpu.sh [d11|figs|table4|all]   (default all; EXTRA="..." overrides)
 # table4 times things: run it alone on an idle machine.
 set -euo pipefail
@@ -22,15 +23,14 @@ if [[ $what == figs || $what == all ]]; then
         device=cpu progress=false "${EXTRA[@]}"
 fi
 if [[ $what == table4 || $what == all ]]; then
-    for solver in alternating rmd approxgrad penalty; do  # one process per method
-        extra=()
-        [[ $solver == approxgrad ]] && extra=(solver.lr_q=0.0001)
+    # single runs (runs=1), one process per method and T; SEEDS="0,1,2" by default
+    for solver in alternating rmd approxgrad penalty; do
         for T in 1 5 10; do
-            [[ $solver == approxgrad ]] && extra+=(solver.T2=$T)
+            extra=()  # ApproxGrad: T2 = T and lr_p = 1e-4, as in the authors' synthetic code
+            [[ $solver == approxgrad ]] && extra=("solver.T2=$T" solver.lr_q=0.0001)
             bilevel-bench -m experiment=synthetic_paper solver=$solver "solver.T=$T" task.iters=10000 \
-                task.eval_every=10000 dataset=smd20,smd21,smd23,smd24 seed=0,1,2 device=cpu \
-                progress=false results_dir=results/paper/table4 "${extra[@]}" "${EXTRA[@]}"
-            [[ $solver == approxgrad ]] && extra=(solver.lr_q=0.0001)
+                task.eval_every=10000 dataset=smd20,smd21,smd23,smd24 "seed=${SEEDS:-0,1,2}" \
+                device=cpu progress=false results_dir=results/paper/table4 "${extra[@]}" "${EXTRA[@]}"
         done
     done
 fi

@@ -15,7 +15,7 @@ from bilevel_bench.report.runs import load_runs
 REFERENCE = REPO / "results" / "paper_reference.csv"
 D11 = {
     "model.name": "logreg", "dataset.train_size": 5000, "dataset.val_size": 5000,
-    "task.noise": 0.5, "task.epochs": 100,
+    "task.noise": 0.5, "task.epochs": 100, "solver.T": 20,
 }  # fmt: skip
 
 

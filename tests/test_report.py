@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bilevel_bench import cli, results
-from bilevel_bench.report import main
+from bilevel_bench.report import main, plots
 from bilevel_bench.report.plots import median_band
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +105,8 @@ def test_clear_errors_for_missing_file_and_unknown_metric(tmp_path, capsys):
     err = refused("table", csv, "--metric", "tst_acc", capsys=capsys)
     assert "'tst_acc' is not a column" in err and "upper_error" in err
     assert "task.nois" in refused("table", csv, "--by", "task,task.nois", capsys=capsys)
+    err = refused("table", csv, "--by", "dataset,solver", capsys=capsys)
+    assert "--by solver: the solvers are already the table's columns" in err
 
 
 def test_configs_that_differ_inside_a_cell_become_row_keys(tmp_path, capsys):
@@ -296,3 +298,20 @@ def test_trials_plot_draws_a_panel_per_solver_and_setting(real_runs, tmp_path, c
     )  # fmt: skip
     assert "c_smd20.png" in out
     assert (tmp_path / "c_smd20.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_trial_grid_rows_are_the_settings_every_solver_has():
+    """ApproxGrad's T2 is its own: it labels its panels and does not add half-empty rows."""
+    runs = pd.DataFrame(
+        {
+            "solver": ["penalty", "penalty", "approxgrad", "approxgrad"],
+            "solver.T": ["5", "10", "5", "10"],
+            "solver.T2": ["-", "-", "5", "10"],
+        }
+    )
+    solvers, setting_keys, own_keys, settings = plots.trial_grid(
+        runs, ["solver.T", "solver.T2"], []
+    )
+    assert solvers == ["penalty", "approxgrad"]
+    assert (setting_keys, own_keys) == (["solver.T"], ["solver.T2"])
+    assert settings == ["5", "10"]  # numbers sorted as numbers

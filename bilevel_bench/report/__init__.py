@@ -53,6 +53,8 @@ def cmd_table(args) -> None:
     superseded = runs.attrs.get("superseded", 0)
     metric = choose_metric(runs, args.metric, ", ".join(map(str, args.runs)))
     by = _keys(args.by)
+    if "solver" in by and not args.paper:
+        raise ReportError("--by solver: the solvers are already the table's columns; leave it out")
     reference = None
     if args.paper:
         reference = paper.load_reference(args.reference or _default_reference())

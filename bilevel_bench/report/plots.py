@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from bilevel_bench.report.runs import DEFAULT_METRICS, ReportError, choose_metric
-from bilevel_bench.report.tables import SOLVER_ORDER, row_keys
+from bilevel_bench.report.tables import MISSING, SOLVER_ORDER, row_keys
 
 # Metrics that shrink towards 0 over orders of magnitude: shown on a log axis.
 LOG_METRICS = {"upper_error", "lower_grad_norm"}
@@ -120,15 +120,9 @@ def plot_trials(
     metric = curve_metric(curves, metric)
     panel_keys = [k for k in PANEL_KEYS if k in runs]
     runs, keys = row_keys(runs, panel_keys)
-    setting_keys = [k for k in keys if k not in panel_keys]
     written = []
     for panel, panel_runs in runs.groupby(panel_keys, sort=True):
-        settings = (
-            sorted(panel_runs.groupby(setting_keys).groups, key=_numbers_first)
-            if setting_keys
-            else [()]
-        )
-        solvers = sorted(panel_runs["solver"].unique(), key=_solver_rank)
+        solvers, setting_keys, own_keys, settings = trial_grid(panel_runs, keys, panel_keys)
         fig, axes = plt.subplots(
             len(settings), len(solvers), figsize=(3.2 * len(solvers), 2.6 * len(settings)),
             squeeze=False, sharex=True, sharey=True,
@@ -141,9 +135,12 @@ def plot_trials(
                 for key, value in zip(setting_keys, setting, strict=True):
                     members = members[members[key] == value]
                 _trials_and_mean(ax, [curves[d] for d in members["run_dir"]], x, metric)
-                label = ", ".join(
-                    f"{k.split('.')[-1]}={v}" for k, v in zip(setting_keys, setting, strict=True)
-                )
+                shown = list(zip(setting_keys, setting, strict=True)) + [
+                    (k, "|".join(map(str, dict.fromkeys(members[k]))))
+                    for k in own_keys
+                    if (members[k] != MISSING).any()
+                ]
+                label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in shown)
                 ax.set_title(f"{solver}" + (f" ({label})" if label else ""), fontsize=9)
                 if metric in LOG_METRICS:
                     ax.set_yscale("log")
@@ -160,6 +157,28 @@ def plot_trials(
         plt.close(fig)
         written.append(path)
     return written, metric, notes
+
+
+def trial_grid(panel_runs: pd.DataFrame, keys: list[str], panel_keys: list[str]):
+    """(solvers, setting_keys, own_keys, settings) of one problem's grid of panels.
+
+    Rows are the settings of the keys every solver has (T). A key only some solvers have
+    (ApproxGrad's T2) goes into their panel titles (own_keys), so it does not split the grid into
+    half-empty rows."""
+    solvers = sorted(panel_runs["solver"].unique(), key=_solver_rank)
+    candidates = [k for k in keys if k not in panel_keys]
+    setting_keys = [
+        k
+        for k in candidates
+        if all((panel_runs.loc[panel_runs["solver"] == s, k] != MISSING).any() for s in solvers)
+    ]
+    own_keys = [k for k in candidates if k not in setting_keys]
+    settings = (
+        sorted(panel_runs.groupby(setting_keys).groups, key=_numbers_first)
+        if setting_keys
+        else [()]
+    )
+    return solvers, setting_keys, own_keys, settings
 
 
 def _numbers_first(setting) -> tuple:

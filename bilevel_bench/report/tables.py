@@ -45,9 +45,12 @@ def row_keys(
     return runs, keys
 
 
+MISSING = "-"  # the label of a config key a run does not have (e.g. T2 for a solver without it)
+
+
 def _label(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return MISSING
     return str(value)
 
 
@@ -148,6 +151,10 @@ def wide(summary: Summary, pm: str = "±") -> pd.DataFrame:
     )
     table = table[solvers].fillna("")
     table.columns.name = None
+    # pivot sorts its rows as text (T = 10 before T = 5): keep summarise's order instead
+    if summary.keys:
+        order = list(dict.fromkeys(stats[summary.keys].itertuples(index=False, name=None)))
+        table = table.reindex(order if len(summary.keys) > 1 else [key for (key,) in order])
     return table.reset_index()
 
 
