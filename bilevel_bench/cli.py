@@ -22,6 +22,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from bilevel_bench import results, runner
 from bilevel_bench.checkpoint import Checkpoint
 from bilevel_bench.checks import ConfigError
-from bilevel_bench.hydra_hooks import ConfigComposed
+from bilevel_bench.data import OPTIONAL_KEYS
+from bilevel_bench.hydra_hooks import ConfigComposed, HeldStream
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -57,6 +59,7 @@ def app(cfg: DictConfig) -> None:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     runs_csv = Path(cfg.results_dir) / results.RUNS_CSV
     try:  # before reading seed, runs and runs.csv below
+        check_added_keys(cfg, hydra_cfg.overrides.task)
         runner.validate(cfg)
         results.check_results_dir(Path(cfg.results_dir))
     except ConfigError as err:
@@ -77,6 +80,8 @@ def app(cfg: DictConfig) -> None:
     except runner.USER_ERRORS as err:  # nothing ran: no row (the runner kept the traceback)
         kind = "config error" if isinstance(err, ConfigError) else "data error"
         failure = (f"{kind}: {err}{_traceback_note(run_dir)}", EXIT_CONFIG)
+        if not (run_dir / "error.txt").is_file():  # found before the build (e.g. no CUDA)
+            remove_hydra_leftovers(run_dir, hydra_cfg)
     except runner.RecordError as err:
         failure = (str(err), EXIT_FAILED)
     except Exception as err:  # the runner wrote the failed rows and error.txt before re-raising
@@ -99,6 +104,55 @@ def app(cfg: DictConfig) -> None:
     not_ok = [row for row in rows if row["status"] != "ok"]
     if not_ok:
         _finish_not_ok(f"[{not_ok[0]['status']}] {not_ok[0]['error']}", EXIT_FAILED, in_sweep)
+
+
+# Keys added with `+` that are checked by name elsewhere: Hydra's own settings, and the solvers'
+# declared hyper-parameters, directly or through configs/tuned (runner.validate).
+CHECKED_ELSEWHERE = ("hydra.", "solver.", "tuned.")
+
+
+def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse a key added with `+` that nothing reads: it would change nothing but the config
+    hash (`+task.iterz=5` for task.iters). Accepted: the keys checked elsewhere (above), the
+    dataset keys a loader reads when present (data.OPTIONAL_KEYS), and the keys of a section
+    with a `_target_`, which are a class's constructor arguments (a user's problem) and fail its
+    construction when wrong. `++` (set or add) is Hydra's explicit way to set a key whether or
+    not it exists, and is left alone."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if not override.is_add() or key.startswith(CHECKED_ELSEWHERE):
+            continue
+        if override.package is not None or "/" in key or (Path(config_dir()) / key).is_dir():
+            continue  # a config group: Hydra itself refuses an unknown one, listing the options
+        if _constructor_argument(cfg, key) or _optional_dataset_key(key):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(cfg, parent) if parent else cfg
+        is_section = isinstance(section, DictConfig)
+        known = [k for k in section if k not in (leaf, "hydra")] if is_section else []
+        where = f"{parent} has" if parent else "the top-level keys are"
+        hint = "a key that exists is set without '+'"
+        if is_section and "_target_" in section:  # a class not named yet
+            hint = f"keys of {parent} are read once {parent}._target_ names a class"
+        raise ConfigError(
+            f"{override.input_line} adds {key}, which bilevel-bench does not read: check the "
+            f"spelling ({where} {', '.join(map(str, known)) or 'no keys'}); {hint}"
+        )
+
+
+def _optional_dataset_key(key: str) -> bool:
+    section, _, leaf = key.rpartition(".")
+    return section == "dataset" and leaf in OPTIONAL_KEYS
+
+
+def _constructor_argument(cfg: DictConfig, key: str) -> bool:
+    """Whether `key` lies inside a section that names a class to construct (`_target_`)."""
+    parts = key.split(".")
+    for depth in range(1, len(parts)):
+        section = OmegaConf.select(cfg, ".".join(parts[:depth]))
+        if isinstance(section, DictConfig) and section.get("_target_") is not None:
+            return True
+    return False
 
 
 def seeds_to_run(cfg: DictConfig, runs_csv: Path) -> list[int]:
@@ -192,15 +246,46 @@ def _release_memory() -> None:
 
 def main() -> None:
     ConfigComposed.composed = False  # main() may run more than once in one process (tests)
+    # stderr is held until the config is composed (ConfigComposed releases it), so that Hydra's
+    # own config error, printed before that, can be told in a few lines
+    held = ConfigComposed.held = HeldStream(sys.stderr)
+    sys.stderr = held
     try:
         app()
     except SystemExit as done:
         if done.code == 1 and not ConfigComposed.composed:  # Hydra's own config error
+            message = held.take()
+            if "Traceback (most recent call last)" in message:  # not a config error: a bug
+                held.stream.write(message)
+                raise
+            print(compact_hydra_error(message), file=held.stream)
             raise SystemExit(EXIT_CONFIG) from None
         raise
     except KeyboardInterrupt:  # before or after a run (during one, app() says more)
+        held.release()
         print("bilevel-bench: interrupted", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        held.release()  # what was printed before a --cfg or --help exit, say
+        if sys.stderr is held:
+            sys.stderr = held.stream
+        ConfigComposed.held = None
+
+
+def compact_hydra_error(message: str) -> str:
+    """Hydra's config error in a few lines: the lists it prints one item per indented line (a
+    config group's options, its search path) each on one line, blank lines left out."""
+    lines: list[str] = []
+    for line in message.splitlines():
+        if line.startswith("\t") and lines:
+            joiner = " " if lines[-1].endswith(":") else "; "
+            lines[-1] += joiner + line.strip()
+        elif line.strip():
+            lines.append(line.rstrip())
+    if not lines:
+        return "bilevel-bench: config error"
+    lines[0] = f"bilevel-bench: config error: {lines[0]}"
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

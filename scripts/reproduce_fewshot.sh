@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Few-shot learning (paper.md 3.3) with the authors' settings: every Omniglot preset and, when
+# Few-shot learning (paper Sec. 3.3, App. E.3) with the authors' settings: every Omniglot preset and, when
 # the pickles are present, both Mini-ImageNet presets, for penalty, approxgrad and rmd.
 # Rows go to results/fewshot/runs.csv. Meant for a GPU: one Omniglot 5-way run is 5000
 # meta-iterations at meta-batch 30 (hours on a CPU).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper section "data poisoning" with the authors' settings (paper.md 3.4): 5000 upper iterations
+# Data poisoning (paper Sec. 3.4) with the authors' settings (App. D.2): 5000 upper iterations
 # and 10001-step retraining per run; meant for a GPU (add device=cuda). Extra arguments are passed
 # to every command, e.g.  scripts/reproduce_poison.sh data.root=/data results_dir=results/poison_full
 # Each command computes its seeds as one batch (runs=K from seed=0: seeds 0..K-1, one row each);
