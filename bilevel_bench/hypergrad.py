@@ -1,7 +1,7 @@
 """Stateless hypergradient pieces that solvers compose (in the spirit of hypertorch).
 
 - Implicit differentiation: grad_u f - H_uv q with (H_vv + sigma I) q = grad_v f, where q comes
-  from a pluggable linear solve (`cg`, `gd`, `adam`, `neumann`). Every solve has one signature,
+  from a pluggable linear solve (`cg`, `gd`, `adam`, `neumann`, `richardson`). Every solve has one signature,
   `solve(operator, rhs, state) -> (state, residual)`, with its iterate (the warm start) and any
   moments in `state`, a fixed number of iterations and per-run step sizes: no host sync.
 - The unrolled lower map v -> project(v - lr grad_v g(u, v)), written once: RMD
@@ -97,11 +97,32 @@ class Neumann:
         return {"x": autodiff.detached(total)}, residual
 
 
+class Richardson:
+    """Gradient descent on the energy 1/2 q^T A q - b^T q (the Richardson iteration
+    q <- q - lr (A q - b)), warm-started from the previous q: AmIGO's amortised solve. One
+    product per iteration; from q = 0, n iterations give the n-term Neumann sum above. The
+    residual returned is the one before the last update."""
+
+    def __init__(self, iterations: int, lr: float):
+        self.iterations, self.lr = iterations, lr
+
+    def init(self, like: Variables) -> dict:
+        return {"x": autodiff.zeros_like(like)}
+
+    def solve(self, operator: Operator, rhs: Variables, state: dict):
+        x, residual = state["x"], None
+        for _ in range(self.iterations):
+            residual = {k: ax - rhs[k] for k, ax in operator(x).items()}
+            x = autodiff.add(x, residual, scale=-self.lr)
+        return {"x": autodiff.detached(x)}, autodiff.norm_sq(residual).sqrt().detach()
+
+
 LINEAR_SOLVES = {
     "cg": ConjugateGradient,
     "gd": lambda iterations, lr: LeastSquaresDescent(iterations, lr, "sgd"),
     "adam": lambda iterations, lr: LeastSquaresDescent(iterations, lr, "adam"),
     "neumann": Neumann,
+    "richardson": Richardson,
 }
 
 

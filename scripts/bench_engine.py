@@ -2,6 +2,7 @@
 same computation written as plain torch.autograd / torch.optim calls.
 
     python scripts/bench_engine.py [--device cpu|cuda] [--runs 1 4 16] [--repeats 5]
+                                   [--modes throughput overhead step_cost]
                                    [--out results/perf/engine_cpu.csv] [--quick]
 
 One CSV, one row per measurement (`kind`):
@@ -16,6 +17,11 @@ One CSV, one row per measurement (`kind`):
   the engine's overhead. `ratio_to_unbatched`: against the same plain code on an MLP written
   without a run dimension (the price of the run axis at K = 1). The three are stepped in turn,
   so that they see the same machine load; each time is the median over the timed rounds.
+- step_cost: every registered solver's upper step at K = 1 on the same MLP problem, at T = 20
+  (T2 = T for the linear solves) and at the solver's declared T (10 for most; soba and vpbgd 1),
+  against one plain torch.optim.SGD step on g (`ratio`, the issue's unit) and against one
+  gradient of g through the engine's autodiff (`gradients`: the count a first-order method's
+  T + 3 is about; bome and vpbgd T + 3, f2sa 3T + 3). The three are stepped in turn; medians.
 Times are wall-clock; compare the ratios (absolute times only from a GPU run, device named).
 """
 
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from bilevel_bench import devices, keys, runner
+from bilevel_bench import autodiff, devices, keys, runner
 from bilevel_bench.benchmarks import WeightedMLPProblem, solver_config
 from bilevel_bench.results import device_name
 from bilevel_bench.solvers import SOLVERS
@@ -64,6 +70,7 @@ WORKLOADS = {
 }
 MLP = {"examples": 512, "inputs": 32, "hidden": 64, "classes": 10}
 GROUPS, OVERHEAD_T = 16, 20
+MODES = ("throughput", "overhead", "step_cost")
 
 
 def synchronize(device):
@@ -346,6 +353,73 @@ def overhead_rows(solvers, pairs, device):
     return rows
 
 
+# --- every solver's upper step in plain SGD steps -------------------------------------------------
+
+
+def plain_sgd_step(problem, v):
+    """One torch.optim.SGD step on g(u, v) for one run (u fixed): the unit of step_cost."""
+    v = {k: t.clone().requires_grad_() for k, t in v.items()}
+    optimizer = torch.optim.SGD(list(v.values()), lr=1e-3)
+    u = {"logits": torch.zeros(1, problem.upper_dim, device=problem.device)}
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        problem.g(u, v, None).sum().backward()
+        optimizer.step()
+
+    return step
+
+
+def one_gradient(problem, u, v):
+    """One gradient of g through the engine's autodiff (no update): the unit `gradients` counts."""
+
+    def step():
+        x = autodiff.leaves(v)
+        autodiff.grad(problem.g(u, x, None), x)
+
+    return step
+
+
+def step_cost_rows(solvers, pairs, device):
+    rows = []
+    problem = WeightedMLPProblem(GROUPS, device=device, **MLP)
+    cases = [(name, OVERHEAD_T) for name in solvers]
+    # single-loop methods are also timed at their own declared T (soba, vpbgd: 1)
+    cases += [(name, SOLVERS[name].params["T"].default) for name in solvers
+              if SOLVERS[name].params["T"].default != OVERHEAD_T]  # fmt: skip
+    for name, T in sorted(cases):
+        solve = {"T2": T} if "T2" in SOLVERS[name].params else {}
+        cfg = solver_config(name, T, **solve)
+        u, v = problem.init_variables([torch.Generator().manual_seed(0)])
+        solver = SOLVERS[name](problem, cfg)
+        stream = {"key": keys.run_keys([0], device), "step": torch.zeros(1, dtype=torch.int64, device=device)}  # fmt: skip
+        steps = {
+            "solver": stepper(solver, solver.init(u, v, stream)),
+            "sgd": plain_sgd_step(problem, v),
+            "gradient": one_gradient(problem, u, v),
+        }
+        times = {label: [] for label in steps}
+        for step in steps.values():
+            step()  # warm-up
+        for _ in range(pairs):  # interleaved: the three see the same machine load
+            for label, step in steps.items():
+                synchronize(device)
+                started = time.perf_counter()
+                step()
+                synchronize(device)
+                times[label].append(time.perf_counter() - started)
+        median = {label: statistics.median(values) for label, values in times.items()}
+        ratio = median["solver"] / median["sgd"]
+        rows.append({
+            "kind": "step_cost", "workload": f"mlp_{name}_T{T}", "runs": 1, "T": T,
+            "step_s": median["solver"], "sgd_step_s": median["sgd"], "ratio": ratio,
+            "gradient_s": median["gradient"], "gradients": median["solver"] / median["gradient"],
+        })  # fmt: skip
+        print(f"step_cost {name:12s} T={T:<3d} {median['solver'] * 1e3:8.2f} ms = {ratio:6.1f} SGD "
+              f"steps = {median['solver'] / median['gradient']:6.1f} gradients", flush=True)  # fmt: skip
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -356,6 +430,9 @@ def main(argv=None):
     parser.add_argument("--cnn-runs", type=int, nargs="+", default=None,
                         help="K values for the CNN (default: those of --runs up to 4 on a CPU)")  # fmt: skip
     parser.add_argument("--solvers", nargs="+", default=list(PLAIN), choices=list(PLAIN))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--cost-solvers", nargs="+", default=sorted(SOLVERS),
+                        choices=sorted(SOLVERS), help="solvers of the step_cost rows")  # fmt: skip
     parser.add_argument("--out", default="results/perf/engine_cpu.csv")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny repeats")
     args = parser.parse_args(argv)
@@ -363,13 +440,16 @@ def main(argv=None):
         args.repeats, args.pairs = 1, 2
     with devices.claim(args.device) as device:
         rows = []
-        for workload in args.workloads:
+        for workload in args.workloads if "throughput" in args.modes else []:
             runs = args.runs
             if workload.startswith("cnn"):
                 limit = 4 if device.type == "cpu" else max(args.runs)
                 runs = args.cnn_runs or [k for k in args.runs if k <= limit]
             rows += throughput_rows([workload], runs, args.repeats, device)
-        rows += overhead_rows(args.solvers, args.pairs, device)
+        if "overhead" in args.modes:
+            rows += overhead_rows(args.solvers, args.pairs, device)
+        if "step_cost" in args.modes:
+            rows += step_cost_rows(args.cost_solvers, args.pairs, device)
     frame = pd.DataFrame(rows)
     frame["device"], frame["torch"] = device_name(device), torch.__version__
     frame["threads"] = torch.get_num_threads()

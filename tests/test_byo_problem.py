@@ -21,7 +21,11 @@ def test_readme_shows_the_example_verbatim():
     assert EXAMPLE.read_text().strip() in (REPO / "README.md").read_text()
 
 
-@pytest.mark.parametrize("solver", ["penalty", "approxgrad", "rmd", "fmd"])
+@pytest.mark.parametrize(
+    "solver",
+    ["penalty", "approxgrad", "rmd", "fmd", "bome", "f2sa", "vpbgd", "soba", "stocbio", "amigo",
+     "aid_cg"],
+)  # fmt: skip
 def test_every_solver_learns_the_ridge_penalty(tmp_path, monkeypatch, solver):
     monkeypatch.syspath_prepend(str(EXAMPLE.parent))
     cfg = compose_config(

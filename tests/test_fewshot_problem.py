@@ -80,9 +80,14 @@ def _solver(solver_name, *overrides, seeds=SEEDS):
     return task, solver, solver.init(u, v, stream(seeds))
 
 
-@pytest.mark.parametrize("solver_name", ["penalty", "approxgrad", "rmd"])
+@pytest.mark.parametrize(
+    "solver_name",
+    ["penalty", "approxgrad", "rmd", "aid_cg", "amigo", "bome", "f2sa", "soba", "stocbio", "vpbgd"],
+)
 def test_encoder_runs_once_per_bind_not_per_lower_step(solver_name):
-    extra = ["solver.T2=2"] if solver_name == "approxgrad" else []
+    extra = ["solver.T2=2"] if solver_name in ("approxgrad", "aid_cg", "amigo", "stocbio") else []
+    if solver_name in ("bome", "soba", "vpbgd"):  # they refuse fresh heads per meta-batch
+        extra.append("task.reset_lower=false")
     task, solver, state = _solver(solver_name, "solver.T=5", *extra)
     calls = []
     task.problem.encoder.register_forward_hook(lambda *_: calls.append(1))

@@ -27,7 +27,8 @@ PROBLEMS = {
     "fewshot": [*FEWSHOT, *steps(3, 2)],
     "poison": [*POISON, *steps(3, 3)],
 }
-EXTRA = {"approxgrad": ["solver.T2=2"]}
+# the implicit family: a short linear solve keeps the cases fast
+EXTRA = {name: ["solver.T2=2"] for name in ("approxgrad", "aid_cg", "stocbio", "amigo")}
 # options that take other code paths inside a step (each with its solver's EXTRA)
 VARIANTS = [
     ["solver=approxgrad", "solver.linsolve=cg"],
@@ -35,6 +36,8 @@ VARIANTS = [
     ["solver=approxgrad", "solver.linsolve=neumann"],
     ["solver=rmd", "solver.truncate=1"],
     ["solver=penalty", "solver.eps0=1e9"],  # the schedule tightens at every step
+    ["solver=bome", "solver.phi=value"],
+    ["solver=f2sa", "solver.bound_step_lam=false"],
 ]
 
 

@@ -7,7 +7,9 @@ grad_u f - H_uv q. One second-order graph per step serves both products
 
 `linsolve`: `adam` / `gd` minimise ||(H_vv + sigma I) q - grad_v f||^2 as the authors' code does
 (two Hessian-vector products per iteration); `cg` runs conjugate gradients (one product);
-`neumann` sums the truncated Neumann series with step lr_q (no warm start).
+`neumann` sums the truncated Neumann series with step lr_q (no warm start); `richardson` runs
+gradient descent on 1/2 q^T A q - grad_v f^T q with step lr_q (one product, warm-started).
+The labels aid_cg, stocbio and amigo are this solver with one linear solve each.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ class ApproxGrad(Solver):
     params = {
         **Solver.params,
         "T2": Param(10, checks.positive_int, "iterations of the linear solve"),
-        "lr_q": Param(0.01, checks.positive, "step of the gd / adam / neumann solve (not cg)"),
+        "lr_q": Param(0.01, checks.positive, "step of the iterative solves (not cg)"),
         "sigma": Param(0.001, checks.non_negative, "damping: solve (H_vv + sigma I) q = grad_v f"),
         "linsolve": Param(
-            "adam", checks.one_of(*hypergrad.LINEAR_SOLVES), "adam (authors) | gd | cg | neumann"
+            "adam",
+            checks.one_of(*hypergrad.LINEAR_SOLVES),
+            "adam (authors) | gd | cg | neumann | richardson",
         ),
     }
 
@@ -50,3 +54,12 @@ class ApproxGrad(Solver):
             "lower_grad_norm": autodiff.norm_sq(gv).detach().sqrt(),
             "linsolve_residual": residual,
         }
+
+
+def fixed_solve(linsolve: str, doc: str, **defaults: tuple) -> dict[str, Param]:
+    """ApproxGrad's declarations for a label of its own (aid_cg, stocbio, amigo): the linear
+    solve fixed to `linsolve`, and `defaults` = {key: (value, doc)} replacing declared ones."""
+    params = {**ApproxGrad.params, "linsolve": Param(linsolve, checks.one_of(linsolve), doc)}
+    for key, (value, key_doc) in defaults.items():
+        params[key] = Param(value, params[key].check, key_doc)
+    return params

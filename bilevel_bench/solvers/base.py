@@ -43,6 +43,11 @@ class Solver:
     name: ClassVar[str] = "base"
     #: False for baselines that only train the lower level (u keeps its initial value).
     updates_upper: ClassVar[bool] = True
+    #: True for methods that move v by one step per upper step (single loop, or joint steps on
+    #: (u, v)): on a problem that replaces v after every upper step v would never be trained.
+    single_lower_step: ClassVar[bool] = False
+    #: False for methods without a rule for equality constraints h(u, v) = 0.
+    handles_constraints: ClassVar[bool] = True
     params: ClassVar[dict[str, Param]] = {
         "T": Param(10, checks.positive_int, "lower steps per upper step"),
         "lr_u": Param(0.01, checks.positive, "learning rate of the upper variables u"),
@@ -83,8 +88,24 @@ class Solver:
                 "(e.g. a denoising baseline with task.fit_on != weighted): use solver=erm"
             )
 
+    def check_bound_problem(self) -> None:
+        """Refusals that need the problem itself (called by init, before any step)."""
+        if not self.handles_constraints and self.problem.h is not None:
+            raise checks.ConfigError(
+                f"solver={self.name} has no rule for equality constraints h(u, v) = 0, and this "
+                "problem defines h: use solver=penalty"
+            )
+        if self.single_lower_step and lower_is_reset(self.problem):
+            raise checks.ConfigError(
+                f"solver={self.name} moves the lower variables by one step per upper step, but "
+                "this problem replaces them after every upper step (few-shot: fresh heads per "
+                "meta-batch), so they would never be trained: use task.reset_lower=false, or a "
+                "solver with an inner loop (f2sa, stocbio, amigo, aid_cg, approxgrad, penalty)"
+            )
+
     # --- the contract -------------------------------------------------------------------------
     def init(self, u: Variables, v: Variables, stream: Stream) -> State:
+        self.check_bound_problem()
         return {
             "u": u,
             "v": v,
@@ -131,6 +152,28 @@ class Solver:
             last = autodiff.grad(objective(v), v)
             state = self.step_v(state, last)
         return state, last
+
+
+def lower_is_reset(problem: BilevelProblem) -> bool:
+    """Whether the problem's after_step replaces v at every upper step (few-shot heads with
+    task.reset_lower): copies of v warm-started across upper steps then belong to another
+    lower problem, and must restart from the fresh v."""
+    return bool(getattr(problem, "reset_lower", False))
+
+
+def descend_copy(problem: BilevelProblem, objective, copy: Variables, lr, steps: int):
+    """`steps` plain gradient steps (step lr: a number or one per run, [K]) on a solver's own
+    copy of the lower variables (BOME's v_hat, V-PBGD's omega); returns it detached, projected."""
+    for _ in range(steps):
+        x = autodiff.leaves(copy)
+        gradient = autodiff.grad(objective(x), x)
+        copy = problem.project_v(autodiff.add(autodiff.detached(x), gradient, scale=-lr))
+    return copy
+
+
+def with_lr(moments: State, lr: torch.Tensor) -> State:
+    """An optimiser state with its per-run learning rate replaced (a scheduled step size)."""
+    return {**moments, "lr": lr}
 
 
 def require_sgd_lower(cfg: Any, solver: str) -> None:
