@@ -28,8 +28,10 @@ IDENTITY = ["task", "dataset", "solver", "baseline", "seed", "status"]
 METRICS = ["test_acc", "val_acc", "upper_loss", "lower_grad_norm", "upper_error"]
 COST = ["runtime_s", "peak_mem_mb", "upper_steps"]
 # How it ran: `runs` = K, the number of seeds computed together (runtime_s and peak_mem_mb are
-# the whole batch's, so they are never averaged with those of another K).
-HOW = ["runs"]
+# the whole batch's, so they are never averaged with those of another K); `capture`: whether the
+# upper steps were replayed from a CUDA graph (bilevel_bench.capture); `precision`: fp32, tf32
+# or bf16 (bilevel_bench.precision).
+HOW = ["runs", "capture", "precision"]
 PROVENANCE = [
     "git_sha",
     "dirty",
@@ -47,11 +49,20 @@ COLUMNS = IDENTITY + METRICS + COST + HOW + PROVENANCE
 # Keys that say where output goes or how to run, not what is computed: left out of the hashes.
 # `runs` too: run k of a batch computes what the single run of that seed computes, and `tuned`
 # acts through the solver values it sets (which are hashed).
-NOT_HASHED = {"results_dir", "force", "progress", "checkpoint_every", "slurm", "runs", "tuned"}
+# `engine` (engine.capture): a captured step replays the kernels of the eager one on the same
+# inputs, so it computes the same numbers (tests/test_gpu.py: 1e-5 relative after 50 upper
+# steps); only the launch overhead differs, and the row's `capture` column says which it was.
+NOT_HASHED = {
+    "results_dir", "force", "progress", "checkpoint_every", "slurm", "runs", "tuned", "engine",
+}  # fmt: skip
 NOT_HASHED_DATA = {"root", "download"}
 # Keys added after results were committed: hashed only when set, so that their default (null)
 # leaves every earlier config hash, and with it skip-if-done and resume, unchanged.
 HASHED_WHEN_SET = {"max_train_minutes", "task.baseline_epochs"}
+# Keys added after results were committed whose default is a value: hashed unless they have it
+# (precision changes the numbers). Earlier rows are fp32, except that on CUDA PyTorch's own
+# default let cuDNN convolutions use TF32 (bilevel_bench.precision: fp32 now means IEEE fp32).
+HASHED_UNLESS_DEFAULT = {"precision": "fp32"}
 
 
 def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
@@ -75,6 +86,9 @@ def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
             section = section.get(parent) if isinstance(section, dict) else None
         if isinstance(section, dict) and section.get(leaf, 0) is None:
             del section[leaf]
+    for key, default in HASHED_UNLESS_DEFAULT.items():
+        if container.get(key, default) == default:
+            container.pop(key, None)
     if isinstance(container.get("data"), dict):
         container["data"] = {k: v for k, v in container["data"].items() if k not in NOT_HASHED_DATA}
     return container

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bilevel_bench import autodiff, checks, devices, keys, results, tasks
+from bilevel_bench import autodiff, capture, checks, devices, keys, precision, results, tasks
 from bilevel_bench.checkpoint import Checkpoint, Progress, same_structure
 from bilevel_bench.data.errors import DatasetError
 from bilevel_bench.solvers import SOLVERS, solver_class
@@ -60,6 +60,8 @@ def validate(cfg: DictConfig) -> None:
             f"results_dir={Path(str(cfg.results_dir)).expanduser()}"
         )
     checks.one_of(*DTYPES)("dtype", cfg.dtype)
+    precision.validate(cfg)
+    capture.validate(cfg)
     if not DEVICE_PATTERN.fullmatch(str(cfg.device)):
         raise checks.ConfigError(f"device={cfg.device!r} is not auto, cpu, cuda or cuda:N")
     if "iters" in cfg.task:
@@ -125,6 +127,7 @@ class Outcome:
     state: dict[str, Any]
     progress: Progress
     final: dict[int, dict[str, float]]  # final_metrics of the runs that did not diverge
+    captured: bool | None = None  # steps replayed from a CUDA graph (None: no step was taken)
 
     def metrics(self, run: int) -> dict[str, float]:
         """The run's row metrics: the last evaluation, then the task's final metrics."""
@@ -159,10 +162,12 @@ def execute(
         elif loaded is not None:
             state = loaded[0]
             vars(progress).update(vars(loaded[1]))
-    state = _train(cfg, task, solver, state, progress, saver, device)
-    ok = [run for run in range(len(seeds)) if run not in progress.diverged]
-    final = task.final_metrics(state["u"], state["v"], ok, dirs)
-    return Outcome(task, state, progress, final)
+    stepper = capture.for_run(cfg, solver, device)  # solver.step, or its CUDA-graph replay
+    with precision.applied(precision.name_of(cfg), device):
+        state = _train(cfg, task, stepper, state, progress, saver, device)
+        ok = [run for run in range(len(seeds)) if run not in progress.diverged]
+        final = task.final_metrics(state["u"], state["v"], ok, dirs)
+    return Outcome(task, state, progress, final, stepper.captured)
 
 
 class RecordError(OSError):
@@ -172,6 +177,8 @@ class RecordError(OSError):
 
 def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[dict]:
     torch.set_default_dtype(DTYPES[cfg.dtype])
+    capture.wanted(cfg, device)  # config errors that need the device, before any row
+    precision.check_device(precision.name_of(cfg), device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -189,6 +196,7 @@ def _run_on(cfg, seeds: list[int], device: torch.device, run_dir: Path) -> list[
             directory.mkdir(parents=True, exist_ok=True)
         outcome = execute(cfg, seeds, device, dirs, saver, progress, task)
         for run, row in enumerate(rows):
+            row["capture"] = outcome.captured
             if run in outcome.progress.diverged:
                 row["status"], row["error"] = "diverged", outcome.progress.diverged[run]
             else:
@@ -226,6 +234,7 @@ def _new_rows(cfg, seeds: list[int], dirs: list[Path], device: torch.device) -> 
             solver=cfg.solver.name,
             seed=seed,
             runs=len(seeds),
+            precision=precision.name_of(cfg),
             config_hash=results.config_hash(cfg, seed, runs=len(seeds)),
             group_hash=results.group_hash(cfg),
             run_dir=str(directory.resolve()),

@@ -3,17 +3,24 @@ on the authors' MNIST and CIFAR-10 networks and the same minibatch (random pixel
 shape: the cost of a step does not depend on the values). Writes results/denoise/bench_step.csv.
 
     python scripts/bench_step.py [--repeats 3] [--batch 200] [--device auto] [--models ...] [--out ...]
+                                 [--solvers ...] [--runs K ...] [--capture off on] [--precision fp32 tf32 bf16]
 
 A solver's upper step costs fixed + T * inner (+ T2 * solve for ApproxGrad's linear-solve
 iterations). Timing whole upper steps at T (and T2) = 1 and 3 gives `inner_ratio` (the marginal
 cost of one more lower step), `solve_ratio` and `fixed_ratio` (once per upper step: the u update),
 all in plain SGD steps, and `amortized_ratio_T20` = (fixed + 20 inner + 20 solve) / 20, the cost
-per lower step at the authors' T = T2 = 20.
+per lower step at the authors' T = T2 = 20. `inner_s` is that marginal lower step in seconds (all
+K runs of --runs together; `inner_per_run_s` = inner_s / K): quote it only from a GPU run.
+--capture on replays the solvers' upper steps from CUDA graphs (bilevel_bench.capture; the SGD
+reference stays eager), `capture` says whether it did; --precision sets the run's precision
+(bilevel_bench.precision) for everything timed. Several values of --runs, --capture and
+--precision: one row per combination, in one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -21,7 +28,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from bilevel_bench import devices, runner
+from bilevel_bench import capture, devices, precision, runner
 from bilevel_bench.results import device_name
 from bilevel_bench.tasks import build_task
 
@@ -33,7 +40,7 @@ SOLVERS = ("penalty", "approxgrad", "rmd")
 SHORT, LONG = 1, 3
 
 
-def _setup(model, solver, T, batch, device, T2=None):
+def _setup(model, solver, T, batch, device, T2=None, runs=1):
     size, channels = NETWORKS[model]
     overrides = [
         "task=denoise", "dataset=fake", f"model={model}", f"solver={solver}", f"solver.T={T}",
@@ -42,8 +49,9 @@ def _setup(model, solver, T, batch, device, T2=None):
     ] + ([f"solver.T2={T2}"] if T2 is not None else [])  # fmt: skip
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    task = build_task(cfg, device, [0])
-    state, solver = runner._initial_state(cfg, task, [0], device)
+    seeds = list(range(runs))
+    task = build_task(cfg, device, seeds)
+    state, solver = runner._initial_state(cfg, task, seeds, device)
     return task, state, solver
 
 
@@ -73,13 +81,17 @@ def plain_sgd_step(task, state):
     return step
 
 
-def solver_step(solver, state):
-    """One upper step of the solver (its state carried from call to call)."""
+def solver_step(solver, state, captured=False):
+    """One upper step of the solver (its state carried from call to call); `captured`: replayed
+    from CUDA graphs (captured at the first call, the timing's warm-up). `step.stepper` tells
+    whether the capture worked."""
+    stepper = capture.Stepper(solver, capture=captured)
     box = [state]
 
     def step():
-        box[0], _ = solver.step(box[0])
+        box[0], _ = stepper.step(box[0])
 
+    step.stepper = stepper
     return step
 
 
@@ -90,9 +102,25 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/denoise/bench_step.csv")
     parser.add_argument("--models", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
+    parser.add_argument("--runs", type=int, nargs="+", default=[1], help="K runs stepped together")
+    parser.add_argument("--capture", nargs="+", default=["off"], choices=["off", "on"])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=precision.PRECISIONS)
     args = parser.parse_args()
+    frames = []
     with devices.claim(args.device) as device:
-        frame = measure(args.models, args.batch, args.repeats, device)
+        if "on" in args.capture and device.type != "cuda":
+            parser.error("--capture on needs a CUDA device")
+        for runs, mode, name in itertools.product(args.runs, args.capture, args.precision):
+            print(f"--- runs={runs} capture={mode} precision={name}", flush=True)
+            with precision.applied(name, device):
+                frame = measure(
+                    args.models, args.batch, args.repeats, device, args.solvers, runs,
+                    mode == "on",
+                )  # fmt: skip
+            frame["precision"], frame["runs"] = name, runs
+            frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
     frame["batch"], frame["device"] = args.batch, device_name(device)
     frame["torch"], frame["threads"] = torch.__version__, torch.get_num_threads()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -101,22 +129,26 @@ def main():
     print(f"wrote {args.out}")
 
 
-def measure(models, batch, repeats, device) -> pd.DataFrame:
+def measure(
+    models, batch, repeats, device, solvers=SOLVERS, runs=1, captured=False
+) -> pd.DataFrame:
     rows = []
     for model in models:
-        for solver in SOLVERS:
+        for solver in solvers:
             # the SGD reference is re-timed next to each solver: on a shared or throttling CPU
             # one reference for the whole run drifts by tens of percent
-            task, state, _ = _setup(model, "penalty", 1, batch, device)
+            task, state, _ = _setup(model, "penalty", 1, batch, device, runs=runs)
             sgd = _timed(plain_sgd_step(task, state), repeats, device)
             solve_steps = solver == "approxgrad"
             settings = [(SHORT, SHORT), (LONG, SHORT)] + ([(SHORT, LONG)] if solve_steps else [])
-            upper = {}
+            upper, used = {}, []
             for T, T2 in settings:
                 task, state, instance = _setup(
-                    model, solver, T, batch, device, T2 if solve_steps else None
+                    model, solver, T, batch, device, T2 if solve_steps else None, runs
                 )
-                upper[T, T2] = _timed(solver_step(instance, state), repeats, device)
+                step = solver_step(instance, state, captured)
+                upper[T, T2] = _timed(step, repeats, device)
+                used.append(bool(step.stepper.captured))
             base = upper[SHORT, SHORT]
             inner = (upper[LONG, SHORT] - base) / (LONG - SHORT)
             solve = (upper[SHORT, LONG] - base) / (LONG - SHORT) if solve_steps else 0.0
@@ -125,6 +157,7 @@ def measure(models, batch, repeats, device) -> pd.DataFrame:
                 "model": model, "solver": solver, "sgd_step_s": sgd, "upper_step_T1_s": base,
                 "inner_ratio": inner / sgd, "solve_ratio": solve / sgd, "fixed_ratio": fixed / sgd,
                 "amortized_ratio_T20": (fixed + 20 * (inner + solve)) / 20 / sgd,
+                "inner_s": inner, "inner_per_run_s": inner / runs, "capture": all(used),
             }  # fmt: skip
             rows.append(row)
             print(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from bilevel_bench import precision
 from bilevel_bench.models.networks import DropoutMasks, KeyedDropout
 from bilevel_bench.problem import Variables
 
@@ -42,7 +43,17 @@ def forward(
 ):
     """module(x) for every run: params [K, ...]; x [K, ...] (one input per run) or, with
     shared_input, one input for all runs (no K copies of it). `dropout`: the batch's masks for
-    the denoising networks' KeyedDropout layers (None: no dropout)."""
+    the denoising networks' KeyedDropout layers (None: no dropout).
+
+    Under precision=bf16 the pass runs in autocast and its output comes back in the parameters'
+    dtype, so that losses and everything after them stay in full precision."""
+    with precision.network_autocast(x.device.type):
+        out = _forward(module, params, x, dropout, shared_input)
+    dtype = next(iter(params.values())).dtype
+    return out if out.dtype == dtype or not out.is_floating_point() else out.to(dtype)
+
+
+def _forward(module, params, x, dropout, shared_input):
     if _runs_layer_by_layer(module):
         return _sequential(module, params, x, dropout, shared_input)
 
