@@ -78,8 +78,8 @@ def plot(
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (panel, panel_runs) in zip(axes[0], panels, strict=True):
         lines = list(panel_runs.groupby(["solver", *line_keys], sort=False))
-        # the default cycle has 10 colours; with more lines, colours would repeat
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors if len(lines) > 10 else None)
+        if len(lines) > 10:  # the default cycle has 10 colours: more lines would repeat them
+            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
         for line, members in sorted(lines, key=lambda item: (_solver_rank(item[0][0]), item[0])):
             band = median_band([curves[d] for d in members["run_dir"]], x, metric)
             if band is None:
