@@ -314,4 +314,4 @@ def test_trial_grid_rows_are_the_settings_every_solver_has():
     )
     assert solvers == ["penalty", "approxgrad"]
     assert (setting_keys, own_keys) == (["solver.T"], ["solver.T2"])
-    assert settings == ["5", "10"]  # numbers sorted as numbers
+    assert settings == [("5",), ("10",)]  # numbers sorted as numbers

@@ -175,11 +175,9 @@ def trial_grid(panel_runs: pd.DataFrame, keys: list[str], panel_keys: list[str])
         if all((panel_runs.loc[panel_runs["solver"] == s, k] != MISSING).any() for s in solvers)
     ]
     own_keys = [k for k in candidates if k not in setting_keys]
-    settings = (
-        sorted(panel_runs.groupby(setting_keys).groups, key=_numbers_first)
-        if setting_keys
-        else [()]
-    )
+    # one tuple per setting (pandas' groupby(...).groups keys change type across versions)
+    found = panel_runs[setting_keys].drop_duplicates().itertuples(index=False, name=None)
+    settings = sorted(found, key=_numbers_first) if setting_keys else [()]
     return solvers, setting_keys, own_keys, settings
 
 
