@@ -50,6 +50,8 @@ def cases(problems):
                 overrides.append("task.fit_on=noisy")  # the erm baseline: plain training
             if problem == "fewshot" and solver == "fmd":  # dv/du of an encoder: the refusal
                 overrides.append("solver.max_jacobian_mb=0.01")
+            if problem == "fewshot" and SOLVERS[solver].single_lower_step:
+                overrides.append("task.reset_lower=false")  # they refuse fresh heads per step
             yield pytest.param(overrides, id=f"{solver}-{problem}")
         for variant in VARIANTS:
             name = "-".join(o.split("=")[1] for o in variant)
