@@ -56,13 +56,16 @@ NOT_HASHED = {
     "results_dir", "force", "progress", "checkpoint_every", "slurm", "runs", "tuned", "engine",
 }  # fmt: skip
 NOT_HASHED_DATA = {"root", "download"}
-# Keys added after results were committed: hashed only when set, so that their default (null)
-# leaves every earlier config hash, and with it skip-if-done and resume, unchanged.
-HASHED_WHEN_SET = {"max_train_minutes", "task.baseline_epochs"}
-# Keys added after results were committed whose default is a value: hashed unless they have it
-# (precision changes the numbers). Earlier rows are fp32, except that on CUDA PyTorch's own
-# default let cuDNN convolutions use TF32 (bilevel_bench.precision: fp32 now means IEEE fp32).
-HASHED_UNLESS_DEFAULT = {"precision": "fp32"}
+# Keys added after results were committed, with the default they had implicitly before: a key
+# at that default is left out of the hash, so every earlier config hash (and with it skip-if-done
+# and resume) stands. precision changes the numbers, so fp32 is its default; earlier rows are
+# fp32, except that on CUDA PyTorch's own default let cuDNN convolutions use TF32
+# (bilevel_bench.precision: fp32 now means IEEE fp32).
+HASHED_UNLESS_DEFAULT = {
+    "max_train_minutes": None,
+    "task.baseline_epochs": None,
+    "precision": "fp32",
+}
 
 
 def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
@@ -79,16 +82,13 @@ def _hashable(cfg: DictConfig, runs: int | None = None) -> dict:
         for k, v in container.items()
         if (k not in NOT_HASHED or (k == "runs" and budgeted_batch)) and k != "hydra"
     }
-    for key in HASHED_WHEN_SET:
+    for key, default in HASHED_UNLESS_DEFAULT.items():
         *parents, leaf = key.split(".")
         section = container
         for parent in parents:
             section = section.get(parent) if isinstance(section, dict) else None
-        if isinstance(section, dict) and section.get(leaf, 0) is None:
-            del section[leaf]
-    for key, default in HASHED_UNLESS_DEFAULT.items():
-        if container.get(key, default) == default:
-            container.pop(key, None)
+        if isinstance(section, dict) and section.get(leaf, default) == default:
+            section.pop(leaf, None)
     if isinstance(container.get("data"), dict):
         container["data"] = {k: v for k, v in container["data"].items() if k not in NOT_HASHED_DATA}
     return container

@@ -87,6 +87,26 @@ def stepper(solver, state):
     return step
 
 
+def one_run_stream(device):
+    return {"key": keys.run_keys([0], device), "step": torch.zeros(1, dtype=torch.int64, device=device)}  # fmt: skip
+
+
+def interleaved_medians(steps: dict, pairs: int, device) -> dict[str, float]:
+    """Median seconds of each step after one warm-up; the steps take turns, so that all of them
+    see the same machine load."""
+    times = {label: [] for label in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(pairs):
+        for label, step in steps.items():
+            synchronize(device)
+            started = time.perf_counter()
+            step()
+            synchronize(device)
+            times[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 # --- throughput of runs=K ------------------------------------------------------------------------
 
 
@@ -323,23 +343,13 @@ def overhead_rows(solvers, pairs, device):
         cfg = solver_config(name, OVERHEAD_T)
         u, v = problem.init_variables([torch.Generator().manual_seed(0)])
         solver = SOLVERS[name](problem, cfg)
-        stream = {"key": keys.run_keys([0], device), "step": torch.zeros(1, dtype=torch.int64, device=device)}  # fmt: skip
+        stream = one_run_stream(device)
         steps = {
             "engine": stepper(solver, solver.init(u, v, stream)),
             "plain": PLAIN[name](PlainMLP(problem, u, v, unbatched=False), solver.cfg),
             "unbatched": PLAIN[name](PlainMLP(problem, u, v, unbatched=True), solver.cfg),
         }
-        times = {label: [] for label in steps}
-        for step in steps.values():
-            step()  # warm-up
-        for _ in range(pairs):  # interleaved: the three see the same machine load
-            for label, step in steps.items():
-                synchronize(device)
-                started = time.perf_counter()
-                step()
-                synchronize(device)
-                times[label].append(time.perf_counter() - started)
-        median = {label: statistics.median(values) for label, values in times.items()}
+        median = interleaved_medians(steps, pairs, device)
         rows.append({
             "kind": "overhead", "workload": f"mlp_{name}_T{OVERHEAD_T}", "runs": 1,
             "step_s": median["engine"], "plain_step_s": median["plain"],
@@ -392,23 +402,13 @@ def step_cost_rows(solvers, pairs, device):
         cfg = solver_config(name, T, **solve)
         u, v = problem.init_variables([torch.Generator().manual_seed(0)])
         solver = SOLVERS[name](problem, cfg)
-        stream = {"key": keys.run_keys([0], device), "step": torch.zeros(1, dtype=torch.int64, device=device)}  # fmt: skip
+        stream = one_run_stream(device)
         steps = {
             "solver": stepper(solver, solver.init(u, v, stream)),
             "sgd": plain_sgd_step(problem, v),
             "gradient": one_gradient(problem, u, v),
         }
-        times = {label: [] for label in steps}
-        for step in steps.values():
-            step()  # warm-up
-        for _ in range(pairs):  # interleaved: the three see the same machine load
-            for label, step in steps.items():
-                synchronize(device)
-                started = time.perf_counter()
-                step()
-                synchronize(device)
-                times[label].append(time.perf_counter() - started)
-        median = {label: statistics.median(values) for label, values in times.items()}
+        median = interleaved_medians(steps, pairs, device)
         ratio = median["solver"] / median["sgd"]
         rows.append({
             "kind": "step_cost", "workload": f"mlp_{name}_T{T}", "runs": 1, "T": T,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -61,3 +64,12 @@ def run_solver(problem, name: str, steps: int, seed: int = 0, u=None, v=None, **
         state, _ = solver.step(state)
     first = lambda d: {k: t[0] for k, t in d.items()}  # noqa: E731
     return first(state["u"]), first(state["v"]), state
+
+
+def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run scripts/<name> with this interpreter on one thread, the checkout importable."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
+from solver_harness import run_script
 
 
 def test_bench_step_writes_a_ratio_per_solver(tmp_path):
     out = tmp_path / "bench_step.csv"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_step.py"), "--repeats", "1",
-         "--batch", "2", "--models", "mnist_cnn", "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    done = run_script(
+        "bench_step.py", "--repeats", "1", "--batch", "2", "--models", "mnist_cnn",
+        "--device", "cpu", "--out", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out)

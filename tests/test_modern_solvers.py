@@ -5,17 +5,12 @@ their state, and short runs (or clear refusals) on the generated few-shot and po
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from poison_helpers import one_thread
-from solver_harness import make_solver
+from solver_harness import make_solver, run_script
 from test_convergence import ConstrainedToSumOne
 from test_runs_axis import execute
 from tiny_tasks import FEWSHOT, POISON, steps
@@ -24,7 +19,6 @@ from bilevel_bench import hypergrad, schedules
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.tasks.synthetic import SMD20, Quadratic
 
-REPO = Path(__file__).resolve().parents[1]
 NEW = ["aid_cg", "amigo", "bome", "f2sa", "soba", "stocbio", "vpbgd"]
 ONE_STEP = ["bome", "soba", "vpbgd"]  # v moves once per upper step: few-shot heads refused
 
@@ -283,11 +277,9 @@ def test_bench_engine_writes_step_costs(tmp_path):
     """scripts/bench_engine.py --modes step_cost: one row per solver and T, ratios reported (never
     asserted: timing belongs in the benchmark)."""
     out = tmp_path / "step_cost.csv"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_engine.py"), "--quick", "--modes",
-         "step_cost", "--cost-solvers", "bome", "soba", "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    done = run_script(
+        "bench_engine.py", "--quick", "--modes", "step_cost", "--cost-solvers", "bome", "soba",
+        "--device", "cpu", "--out", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out)

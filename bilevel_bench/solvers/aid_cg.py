@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from bilevel_bench.solvers.approxgrad import ApproxGrad, fixed_solve
 
-REFERENCE = "as the reference code"
-
 
 class AIDCG(ApproxGrad):
     name = "aid_cg"
@@ -19,8 +17,5 @@ class AIDCG(ApproxGrad):
     params = fixed_solve(
         "cg",
         "cg: AID-CG is ApproxGrad's conjugate-gradient solve",
-        optimizer_u=("sgd", f"sgd {REFERENCE} | adam | sparse_adam"),
-        optimizer_v=("sgd", f"sgd: plain gradient steps on v {REFERENCE} | adam | sparse_adam"),
-        sigma=(0.0, "damping: solve (H + sigma I) q = grad_v f (0: the method as published)"),
         T2=(10, "CG iterations per upper step"),
     )

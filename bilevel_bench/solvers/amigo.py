@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from bilevel_bench.solvers.approxgrad import ApproxGrad, fixed_solve
 
-REFERENCE = "as the reference code"
-
 
 class AmIGO(ApproxGrad):
     name = "amigo"
@@ -20,9 +18,6 @@ class AmIGO(ApproxGrad):
     params = fixed_solve(
         "richardson",
         "richardson: AmIGO's warm-started gradient descent on the quadratic",
-        optimizer_u=("sgd", f"sgd {REFERENCE} | adam | sparse_adam"),
-        optimizer_v=("sgd", f"sgd: plain gradient steps on v {REFERENCE} | adam | sparse_adam"),
-        sigma=(0.0, "damping: solve (H + sigma I) z = grad_v f (0: the method as published)"),
         T2=(10, "gradient steps on z per upper step"),
         lr_q=(0.01, "step on z (the declared lr_v, as the reference)"),
     )

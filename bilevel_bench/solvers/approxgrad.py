@@ -15,7 +15,7 @@ The labels aid_cg, stocbio and amigo are this solver with one linear solve each.
 from __future__ import annotations
 
 from bilevel_bench import autodiff, checks, hypergrad
-from bilevel_bench.solvers.base import Param, Solver
+from bilevel_bench.solvers.base import REFERENCE_SGD, Param, Solver
 
 
 class ApproxGrad(Solver):
@@ -56,10 +56,22 @@ class ApproxGrad(Solver):
         }
 
 
+# What the published implicit methods share, unlike ApproxGrad's own defaults: plain gradient
+# steps as their reference code (REFERENCE_SGD), and no damping (the method as published).
+PUBLISHED = {
+    "sigma": (0.0, "damping: solve (H + sigma I) q = grad_v f (0: the method as published)")
+}
+
+
 def fixed_solve(linsolve: str, doc: str, **defaults: tuple) -> dict[str, Param]:
-    """ApproxGrad's declarations for a label of its own (aid_cg, stocbio, amigo): the linear
-    solve fixed to `linsolve`, and `defaults` = {key: (value, doc)} replacing declared ones."""
-    params = {**ApproxGrad.params, "linsolve": Param(linsolve, checks.one_of(linsolve), doc)}
-    for key, (value, key_doc) in defaults.items():
+    """ApproxGrad's declarations for a published method with a label of its own (aid_cg,
+    stocbio, amigo): the linear solve fixed to `linsolve`, the PUBLISHED defaults, and
+    `defaults` = {key: (value, doc)} replacing declared ones."""
+    params = {
+        **ApproxGrad.params,
+        **REFERENCE_SGD,
+        "linsolve": Param(linsolve, checks.one_of(linsolve), doc),
+    }
+    for key, (value, key_doc) in {**PUBLISHED, **defaults}.items():
         params[key] = Param(value, params[key].check, key_doc)
     return params

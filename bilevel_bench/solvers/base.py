@@ -182,3 +182,11 @@ def require_sgd_lower(cfg: Any, solver: str) -> None:
             f"solver.optimizer_v={cfg.optimizer_v!r} is not supported by {solver}: it "
             f"differentiates through plain gradient steps on v. Use solver.optimizer_v=sgd"
         )
+
+
+# The later methods' reference code takes plain gradient steps on both levels: their default.
+_REFERENCE_SGD_DOC = "sgd as the reference code | adam | sparse_adam"
+REFERENCE_SGD = {
+    "optimizer_u": Param("sgd", checks.one_of(*optim.OPTIMIZERS), _REFERENCE_SGD_DOC),
+    "optimizer_v": Param("sgd", checks.one_of(*optim.OPTIMIZERS), _REFERENCE_SGD_DOC),
+}

@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 
 from bilevel_bench import autodiff, checks
-from bilevel_bench.solvers.base import Param, Solver, descend_copy
-
-OPTIMIZER = Solver.params["optimizer_u"].check
+from bilevel_bench.solvers.base import REFERENCE_SGD, Param, Solver, descend_copy
 
 
 class BOME(Solver):
@@ -26,8 +24,7 @@ class BOME(Solver):
     handles_constraints = False
     params = {
         **Solver.params,
-        "optimizer_u": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
-        "optimizer_v": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
+        **REFERENCE_SGD,
         "phi": Param(
             "grad_norm",
             checks.one_of("grad_norm", "value"),

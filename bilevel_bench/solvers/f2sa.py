@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch
 
 from bilevel_bench import autodiff, checks, schedules
-from bilevel_bench.solvers.base import Param, Solver, lower_is_reset, with_lr
-
-OPTIMIZER = Solver.params["optimizer_u"].check
+from bilevel_bench.solvers.base import REFERENCE_SGD, Param, Solver, lower_is_reset, with_lr
 
 
 class F2SA(Solver):
@@ -29,8 +27,12 @@ class F2SA(Solver):
     handles_constraints = False
     params = {
         **Solver.params,
-        "optimizer_u": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
-        "optimizer_v": Param("sgd", OPTIMIZER, "sgd as the reference code (both lower copies)"),
+        **REFERENCE_SGD,
+        "optimizer_v": Param(
+            "sgd",
+            REFERENCE_SGD["optimizer_v"].check,
+            "sgd as the reference code (both lower copies)",
+        ),
         "lr_penalised": Param(0.01, checks.positive, "c of gamma_t, the penalised copy's step"),
         "power_u": Param(4 / 7, checks.non_negative, "lr_u / (t+1)^a (0 = constant)"),
         "power_v": Param(4 / 7, checks.non_negative, "lr_v / (t+1)^a"),

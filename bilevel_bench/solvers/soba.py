@@ -13,9 +13,7 @@ upper step, the last one together with u's; T = 1 (the default) is SOBA.
 from __future__ import annotations
 
 from bilevel_bench import autodiff, checks, schedules
-from bilevel_bench.solvers.base import Param, Solver, with_lr
-
-OPTIMIZER = Solver.params["optimizer_u"].check
+from bilevel_bench.solvers.base import REFERENCE_SGD, Param, Solver, with_lr
 
 
 class SOBA(Solver):
@@ -24,9 +22,8 @@ class SOBA(Solver):
     handles_constraints = False
     params = {
         **Solver.params,
+        **REFERENCE_SGD,
         "T": Param(1, checks.positive_int, "(v, z) updates per upper step (1 = SOBA)"),
-        "optimizer_u": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
-        "optimizer_v": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
         "power": Param(0.5, checks.non_negative, "steps lr / (t+1)^power (0 = constant)"),
     }
 

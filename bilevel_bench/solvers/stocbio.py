@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from bilevel_bench.solvers.approxgrad import ApproxGrad, fixed_solve
 
-REFERENCE = "as the reference code"
-
 
 class StocBiO(ApproxGrad):
     name = "stocbio"
@@ -20,9 +18,6 @@ class StocBiO(ApproxGrad):
     params = fixed_solve(
         "neumann",
         "neumann: stocBiO is ApproxGrad's truncated Neumann sum",
-        optimizer_u=("sgd", f"sgd {REFERENCE} | adam | sparse_adam"),
-        optimizer_v=("sgd", f"sgd: plain gradient steps on v {REFERENCE} | adam | sparse_adam"),
-        sigma=(0.0, "damping: sum for (H + sigma I) (0: the method as published)"),
         T2=(11, "terms of the Neumann sum, Q + 1 (reference Q = 10)"),
         lr_q=(0.1, "eta of the Neumann sum (reference 0.1); needs eta < 2 / L of g"),
     )

@@ -16,9 +16,7 @@ from __future__ import annotations
 import torch
 
 from bilevel_bench import autodiff, checks, schedules
-from bilevel_bench.solvers.base import Param, Solver, descend_copy
-
-OPTIMIZER = Solver.params["optimizer_u"].check
+from bilevel_bench.solvers.base import REFERENCE_SGD, Param, Solver, descend_copy
 
 
 class VPBGD(Solver):
@@ -27,11 +25,10 @@ class VPBGD(Solver):
     handles_constraints = False
     params = {
         **Solver.params,
+        **REFERENCE_SGD,
         "T": Param(1, checks.positive_int, "gradient steps on omega per upper step"),
         "lr_u": Param(0.1, checks.positive, "learning rate of u in the joint step"),
         "lr_v": Param(0.1, checks.positive, "learning rate of v in the joint step"),
-        "optimizer_u": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
-        "optimizer_v": Param("sgd", OPTIMIZER, "sgd as the reference code | adam | sparse_adam"),
         "lr_omega": Param(0.01, checks.positive, "step of the plain gradient steps on omega"),
         "gamma_init": Param(0.0, checks.non_negative, "penalty gamma at the first upper step"),
         "gamma_max": Param(0.2, checks.positive, "gamma after the ramp"),
