@@ -87,6 +87,9 @@ class Stepper:
         self.captured: bool | None = None if capture else False
         self._static: StaticStep | None = None
 
+    def init(self, u: dict, v: dict, stream: dict) -> dict:
+        return self.solver.init(u, v, stream)
+
     def step(self, state: dict) -> tuple[dict, dict]:
         if self.captured is None:  # the first step: capture now (the device is warm, the
             # state final: a resume or the task's preparation has already changed it)

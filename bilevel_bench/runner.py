@@ -439,7 +439,10 @@ def _train(cfg, task, solver, state, progress: Progress, saver, device) -> dict:
         if progress.step == 0:  # a resumed run has done this and logged step 0 already
             started = time.perf_counter()
             u, v = task.prepare(state["u"], state["v"])
-            state = {**state, "u": u, "v": v}
+            # the solver's state again, from the prepared variables: its own copies of them
+            # (f2sa's penalised v, vpbgd's omega) must start where v starts, not at the
+            # initialisation that pre-training replaced
+            state = solver.init(u, v, state["stream"])
             _synchronize(device)
             progress.train_time += time.perf_counter() - started
             record(0)

@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 import torch
 from poison_helpers import one_thread
-from solver_harness import make_solver, run_script
+from solver_harness import compose_config, make_solver, run_script
 from test_convergence import ConstrainedToSumOne
 from test_runs_axis import execute
-from tiny_tasks import FEWSHOT, POISON, steps
+from tiny_tasks import DENOISE, FEWSHOT, POISON, epochs, steps
 
 from bilevel_bench import hypergrad, schedules
 from bilevel_bench.checks import ConfigError
+from bilevel_bench.solvers import SOLVERS
+from bilevel_bench.tasks import build_task
 from bilevel_bench.tasks.synthetic import SMD20, Quadratic
 
 NEW = ["aid_cg", "amigo", "bome", "f2sa", "soba", "stocbio", "vpbgd"]
@@ -267,6 +269,44 @@ def test_short_poisoning_run(tmp_path, name):
         result = execute(overrides, [0], tmp_path)
     assert not result.progress.diverged
     assert all(torch.isfinite(t).all() for t in result.state["u"].values())
+
+
+@pytest.mark.parametrize("name, copy", [("f2sa", "v_penalised"), ("vpbgd", "omega")])
+def test_lower_copy_starts_from_the_pretrained_network(tmp_path, monkeypatch, name, copy):
+    """Denoising pre-trains v before the first upper step. A solver's own copy of v must start
+    there too: F2SA's penalised copy left at the random initialisation ranked the noisy labels
+    above the clean ones (weight AUROC 0.22 on MNIST)."""
+    cls = SOLVERS[name]
+    first = []
+
+    def spy(self, state, upper_batch, lower_batch):
+        if not first:
+            first.append({k: {n: t.clone() for n, t in state[k].items()} for k in ("v", copy)})
+        return original(self, state, upper_batch, lower_batch)
+
+    original = cls.update
+    monkeypatch.setattr(cls, "update", spy)
+    overrides = [*DENOISE, "model=logreg", *epochs(1, 1), f"solver={name}", "task.retrain=false"]
+    with one_thread():
+        execute(overrides, [0, 1], tmp_path)
+    initial = runner_init_of(name, tmp_path)
+    for key, pretrained in first[0]["v"].items():
+        assert torch.equal(first[0][copy][key], pretrained), key
+        assert not torch.equal(pretrained, initial[key]), "pre-training changed nothing"
+
+
+def runner_init_of(name, tmp_path):
+    """v as the problem initialises it, before pre-training (the same seeds 0 and 1)."""
+    cfg = compose_config(
+        *DENOISE, "model=logreg", f"solver={name}", "dtype=float64", f"results_dir={tmp_path}"
+    )
+    torch.set_default_dtype(torch.float64)
+    try:
+        task = build_task(cfg, torch.device("cpu"), [0, 1])
+        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+        return task.problem.init_variables(generators)[1]
+    finally:
+        torch.set_default_dtype(torch.float32)
 
 
 # --- cost per upper step -------------------------------------------------------------------------
