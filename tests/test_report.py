@@ -240,6 +240,32 @@ def test_plot_data_task_defaults_to_test_accuracy(tmp_path, capsys):
     assert "test_acc" in err
 
 
+def test_plot_ylim_sets_the_axis_or_is_refused(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    run_dir = tmp_path / "sweep" / "0_denoise_penalty"
+    run_dir.mkdir(parents=True)
+    row = results.new_row(
+        task="denoise", dataset="mnist", solver="penalty", seed=0, status="ok", group_hash="g",
+        run_dir=str(run_dir),
+    )  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(row))
+    pd.DataFrame({"step": [0, 10], "time_s": [0.0, 1.0], "test_acc": [10.0, 90.0]}).to_csv(
+        run_dir / "curve.csv", index=False
+    )
+    drawn = []
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: drawn.append(fig.axes[0].get_ylim())
+    )
+    report("plot", tmp_path / "sweep", "--ylim", "85", "92", "--out", tmp_path / "a.png",
+           capsys=capsys)  # fmt: skip
+    assert drawn == [(85.0, 92.0)]
+    err = refused("plot", tmp_path / "sweep", "--ylim", "92", "85", capsys=capsys)
+    assert "--ylim 92 85: LOW must be below HIGH" in err
+    err = refused("plot", tmp_path / "sweep", "--ylim", "0", "1", "--trials", capsys=capsys)
+    assert "--trials" in err
+
+
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
     """Four real runs through the CLI (in this process, as Hydra's basic launcher runs a sweep):

@@ -101,10 +101,14 @@ def cmd_plot(args) -> None:
     out = Path(args.out) if args.out else None
     if out is None:
         out = Path(f"{args.metric or 'curves'}_vs_{args.x}.png")
+    if args.ylim is not None and not args.ylim[0] < args.ylim[1]:
+        raise ReportError(f"--ylim {args.ylim[0]:g} {args.ylim[1]:g}: LOW must be below HIGH")
+    if args.trials and args.ylim is not None:
+        raise ReportError("--ylim is for the median plot: --trials panels keep their own y ranges")
     if args.trials:
         paths, metric, notes = plots.plot_trials(runs, args.metric, args.x, out)
     else:
-        path, metric, notes = plots.plot(runs, args.metric, args.x, out)
+        path, metric, notes = plots.plot(runs, args.metric, args.x, out, args.ylim)
         paths = [path]
     for note in notes:
         print(f"note: {note}")
@@ -185,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the paper's style: every trial and their mean, a panel per solver and setting, "
         "one PNG per problem (OUT_<dataset>.png)",
+    )
+    plot.add_argument(
+        "--ylim",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="y-axis range, e.g. --ylim 85 92 for accuracies near the top",
     )
     plot.set_defaults(func=cmd_plot)
 

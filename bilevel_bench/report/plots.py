@@ -60,7 +60,11 @@ def median_band(curves: list[pd.DataFrame], x: str, metric: str):
 
 
 def plot(
-    paths_runs: pd.DataFrame, metric: str | None, x: str, out: Path
+    paths_runs: pd.DataFrame,
+    metric: str | None,
+    x: str,
+    out: Path,
+    ylim: tuple[float, float] | None = None,
 ) -> tuple[Path, str, list[str]]:
     import matplotlib
 
@@ -93,6 +97,8 @@ def plot(
             ax.fill_between(grid, q25, q75, color=drawn.get_color(), alpha=0.2, linewidth=0)
         if metric in LOG_METRICS:
             ax.set_yscale("log")
+        if ylim is not None:  # e.g. accuracies near the top, under a baseline's climb from chance
+            ax.set_ylim(*ylim)
         title = " / ".join(map(str, panel if isinstance(panel, tuple) else (panel,)))
         ax.set_title(title or "runs")
         ax.set_xlabel("wall time (s, training only)" if x == "time_s" else "upper step")
