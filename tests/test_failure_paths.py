@@ -466,12 +466,20 @@ def test_the_decode_cache_follows_the_source_and_a_corrupt_one_is_rebuilt(tmp_pa
 # --- 13: Ctrl-C ---------------------------------------------------------------------------------
 
 
+def _ctrl_c_reaches_python() -> None:
+    """In the child before exec: a shell without job control starts background commands with
+    SIGINT ignored, which the child would inherit and Python then never turns into
+    KeyboardInterrupt. A user at a terminal has it at its default: so does this run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_that_says_how_to_resume(tmp_path):
     process = bilevel_bench(
         SCRIPTED, "task.iters=200", "checkpoint_every=5", "device=cpu",
         f"results_dir={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path, env_extra={"SWEEP_TEST_DELAY_S": "0.05"},
+        preexec_fn=_ctrl_c_reaches_python,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not list((tmp_path / "res").glob("checkpoints/*/state.pt")):
