@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from poison_helpers import one_thread
-from solver_harness import compose_config, make_solver, run_script
+from solver_harness import make_solver, run_script
 from test_convergence import ConstrainedToSumOne
 from test_runs_axis import execute
 from tiny_tasks import DENOISE, FEWSHOT, POISON, epochs, steps
@@ -18,7 +18,7 @@ from tiny_tasks import DENOISE, FEWSHOT, POISON, epochs, steps
 from bilevel_bench import hypergrad, schedules
 from bilevel_bench.checks import ConfigError
 from bilevel_bench.solvers import SOLVERS
-from bilevel_bench.tasks import build_task
+from bilevel_bench.tasks.denoise import DenoiseTask
 from bilevel_bench.tasks.synthetic import SMD20, Quadratic
 
 NEW = ["aid_cg", "amigo", "bome", "f2sa", "soba", "stocbio", "vpbgd"]
@@ -276,37 +276,27 @@ def test_lower_copy_starts_from_the_pretrained_network(tmp_path, monkeypatch, na
     """Denoising pre-trains v before the first upper step. A solver's own copy of v must start
     there too: F2SA's penalised copy left at the random initialisation ranked the noisy labels
     above the clean ones (weight AUROC 0.22 on MNIST)."""
-    cls = SOLVERS[name]
-    first = []
+    seen = {}
 
-    def spy(self, state, upper_batch, lower_batch):
-        if not first:
-            first.append({k: {n: t.clone() for n, t in state[k].items()} for k in ("v", copy)})
-        return original(self, state, upper_batch, lower_batch)
+    def spy_prepare(self, u, v):
+        seen["initial"] = {k: t.clone() for k, t in v.items()}
+        u, v = prepare(self, u, v)
+        seen["prepared"] = {k: t.clone() for k, t in v.items()}
+        return u, v
 
-    original = cls.update
-    monkeypatch.setattr(cls, "update", spy)
+    def spy_update(self, state, upper_batch, lower_batch):
+        seen.setdefault("copy", {k: t.clone() for k, t in state[copy].items()})
+        return update(self, state, upper_batch, lower_batch)
+
+    prepare, update = DenoiseTask.prepare, SOLVERS[name].update
+    monkeypatch.setattr(DenoiseTask, "prepare", spy_prepare)
+    monkeypatch.setattr(SOLVERS[name], "update", spy_update)
     overrides = [*DENOISE, "model=logreg", *epochs(1, 1), f"solver={name}", "task.retrain=false"]
     with one_thread():
         execute(overrides, [0, 1], tmp_path)
-    initial = runner_init_of(name, tmp_path)
-    for key, pretrained in first[0]["v"].items():
-        assert torch.equal(first[0][copy][key], pretrained), key
-        assert not torch.equal(pretrained, initial[key]), "pre-training changed nothing"
-
-
-def runner_init_of(name, tmp_path):
-    """v as the problem initialises it, before pre-training (the same seeds 0 and 1)."""
-    cfg = compose_config(
-        *DENOISE, "model=logreg", f"solver={name}", "dtype=float64", f"results_dir={tmp_path}"
-    )
-    torch.set_default_dtype(torch.float64)
-    try:
-        task = build_task(cfg, torch.device("cpu"), [0, 1])
-        generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
-        return task.problem.init_variables(generators)[1]
-    finally:
-        torch.set_default_dtype(torch.float32)
+    for key, pretrained in seen["prepared"].items():
+        assert not torch.equal(pretrained, seen["initial"][key]), "pre-training changed nothing"
+        assert torch.equal(seen["copy"][key], pretrained), key
 
 
 # --- cost per upper step -------------------------------------------------------------------------
